@@ -1,0 +1,625 @@
+"""Cache LLM API calls made through httpx (and httpx2) in a `cachy.jsonl` file.
+
+`enable_cachy()` patches `Client.send` and `AsyncClient.send`. A request to a known LLM host is
+keyed deterministically, answered from the file when seen before, and recorded otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import dataclasses
+import functools
+import hashlib
+import inspect
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ContextDecorator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+from fastcore.meta import delegates
+from fastcore.xtras import find_file_parents
+from filelock import FileLock
+
+try:
+    import httpx2
+except ImportError:  # optional: only the newest openai, anthropic and google-genai use it
+    httpx2 = None
+
+_HTTPX = tuple(module for module in (httpx, httpx2) if module is not None)
+_HTTP_ERRORS = tuple(module.HTTPError for module in _HTTPX)
+
+doms: tuple[str, ...] = (
+    "api.openai.com",
+    "chatgpt.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "api.deepseek.com",
+    "api.mistral.ai",
+    "api.groq.com",
+    "api.together.xyz",
+    "api.together.ai",
+    "api.fireworks.ai",
+    "openrouter.ai",
+    "api.x.ai",
+    "api.moonshot.ai",
+    "api.moonshot.cn",
+)
+MODES = ("record", "replay", "refresh")
+KEY_CHARS = 16  # 64 bits: even 100k entries have a ~3e-10 chance of any two keys colliding
+_SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "access_token"})
+_NEVER_STORED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+_LABELS = {"hits": "hit", "recorded": "recorded", "passed": "passed", "replay_misses": "replay miss"}
+_NOT_RECORDED_4XX = frozenset({401, 403, 408, 429})  # depend on credentials or load, not the request
+
+
+class CachyMiss(BaseException):
+    """Replay mode found no recorded response for a request.
+
+    Like pytest's own outcomes it derives from BaseException: the SDKs retry, then re-wrap as a
+    "connection error", every Exception raised inside `send`, and this one must reach you at once."""
+
+
+class CachyWarning(UserWarning):
+    """`cachy.jsonl` has lines that cachy could not read and skipped."""
+
+
+# ---------------------------------------------------------------------------------- request key
+def public_url(url: httpx.URL) -> str:
+    """`url` without the query parameters that carry credentials (Gemini's `?key=`): fit to hash, store and print."""
+    if url.query:
+        for name in _SECRET_PARAMS.intersection(url.params.keys()):
+            url = url.copy_remove_param(name)
+    return str(url)
+
+
+def _normalised_body(request: httpx.Request) -> bytes:
+    """The body with what differs between identical calls made constant: the multipart boundary, JSON key order."""
+    body = request.content
+    if boundary := re.search(r'boundary="?([^";\s]+)', request.headers.get("content-type", "")):
+        return body.replace(boundary.group(1).encode(), b"cachy-boundary")
+    try:  # any body that parses as JSON, whatever its content-type says
+        return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, RecursionError):
+        return body
+
+
+def request_key(request: httpx.Request, stream: bool = False) -> str:
+    """Hash of method, public URL, stream flag and normalised body. Headers stay out, so a rotated API key still hits."""
+    digest = hashlib.sha256(f"{request.method}\n{public_url(request.url)}\n{int(stream)}\n".encode())
+    digest.update(_normalised_body(request))
+    return digest.hexdigest()[:KEY_CHARS]
+
+
+# ---------------------------------------------------------------------------------------- store
+def _parse_entry(line: bytes) -> dict | None:
+    """The entry on `line`, or None when the line is damaged (truncated, a conflict marker, not an entry)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    is_entry = isinstance(entry, dict) and isinstance(entry.get("key"), str) and "response" in entry
+    return entry if is_entry else None
+
+
+_KEY_START = b'{"key": "'
+_KEY_END = len(_KEY_START) + KEY_CHARS
+
+
+def _line_key(line: bytes) -> str | None:
+    """The key of a complete line; lines in the form cachy writes are read without parsing all their JSON."""
+    key = line[len(_KEY_START) : _KEY_END]
+    if (
+        line.startswith(_KEY_START)
+        and line.endswith(b"}\n")
+        and line[_KEY_END : _KEY_END + 1] == b'"'
+        and key.isalnum()
+    ):
+        return key.decode()
+    entry = _parse_entry(line)
+    return entry["key"] if entry else None
+
+
+def read_lines(file: IO[bytes], offset: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) for every line of `file` from `offset` on."""
+    file.seek(offset)
+    for line in file:
+        yield offset, line
+        offset += len(line)
+
+
+def scan(file: IO[bytes]) -> Iterator[tuple[int, int, bytes, dict | None]]:
+    """(line number, offset, line, entry or None if damaged) for every line: the full check that compaction and `cachy stats` need."""
+    for number, (offset, line) in enumerate(read_lines(file), 1):
+        yield number, offset, line, _parse_entry(line)
+
+
+def _lock_for(path: Path) -> FileLock:
+    """A cross-process lock for `path`, kept in the temp folder so that nothing appears in the user's repo."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"cachy-{digest}.lock")
+
+
+@dataclass
+class Rewrite:
+    """What `compact_cachy` or `prune_cachy` did to the file."""
+
+    kept: int
+    duplicates: int
+    damaged: list[int]
+    pruned: int = 0
+
+
+class Store:
+    """`cachy.jsonl`: an index from key to line position, kept in step with what other processes append."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file_lock = _lock_for(path)
+        self._mutex = threading.RLock()  # this process's index and read handle
+        self._file: IO[bytes] | None = None
+        self._index: dict[str, tuple[int, int]] = {}
+        self._end = self._lines = 0  # how far the index has read
+        self._warned: set[int] = set()
+
+    def get(self, key: str) -> dict | None:
+        """The entry for `key`, looking at what other processes appended before calling it a miss."""
+        with self._mutex:
+            if key not in self._index:
+                self._sync()
+            if (position := self._index.get(key)) is None:
+                return None
+            offset, length = position
+            self._file.seek(offset)
+            line = self._file.read(length)
+        if (entry := _parse_entry(line)) is None:
+            self._warn([self._line_number(offset)])
+            with self._mutex:
+                self._index.pop(key, None)
+        return entry
+
+    def append(self, entry: dict) -> None:
+        """Append `entry` as one whole line, under the cross-process lock, in a single write."""
+        line = json.dumps(entry, ensure_ascii=False).encode() + b"\n"
+        with self._mutex, self._file_lock, open(self.path, "ab+", buffering=0) as file:
+            if file.seek(0, os.SEEK_END) and (file.seek(-1, os.SEEK_END), file.read(1))[1] != b"\n":
+                line = b"\n" + line  # the last writer was killed mid-line: start afresh
+            file.write(line)
+            self._sync()
+
+    def rewrite(self, keep: set[str] | None = None) -> Rewrite:
+        """Rewrite the file atomically: last entry per key, damaged lines dropped, sorted by key, mode kept."""
+        with self._mutex, self._file_lock:
+            if not self.path.exists():
+                return Rewrite(kept=0, duplicates=0, damaged=[])
+            latest, damaged, count = {}, [], 0
+            with open(self.path, "rb") as source:
+                for number, offset, line, entry in scan(source):
+                    if entry is None:
+                        damaged.append(number)
+                        continue
+                    count += 1
+                    latest[entry["key"]] = (offset, len(line))
+                kept = sorted(key for key in latest if keep is None or key in keep)
+                fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".cachy-", suffix=".tmp")
+                try:
+                    with os.fdopen(fd, "wb") as target:
+                        for key in kept:
+                            source.seek(latest[key][0])
+                            target.write(source.read(latest[key][1]).rstrip(b"\n") + b"\n")
+                    shutil.copymode(self.path, temp)
+                    os.replace(temp, self.path)
+                except BaseException:
+                    os.unlink(temp)
+                    raise
+            self._close()
+            self._sync()
+        return Rewrite(kept=len(kept), duplicates=count - len(latest), damaged=damaged, pruned=len(latest) - len(kept))
+
+    def _close(self) -> None:
+        if self._file:
+            self._file.close()
+        self._file, self._index, self._end, self._lines, self._warned = None, {}, 0, 0, set()
+
+    def _sync(self) -> None:
+        """Index the lines appended since the last look; start over if the file was replaced or shrank."""
+        try:
+            size, inode = (stat := os.stat(self.path)).st_size, stat.st_ino
+        except FileNotFoundError:
+            return self._close()
+        if self._file is None or inode != os.fstat(self._file.fileno()).st_ino or size < self._end:
+            self._close()
+            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for reads on hits
+        if size > self._end:
+            with self._file_lock:  # writers hold it: no half-written line is mistaken for damage
+                self._read_tail()
+
+    def _read_tail(self) -> None:
+        damaged = []
+        for offset, line in read_lines(self._file, self._end):
+            complete = line.endswith(b"\n")
+            key = _line_key(line if complete else line + b"\n")
+            if not complete and key is None:  # a writer was killed mid-line; the next append starts a new one
+                damaged.append(self._lines + 1)
+                break
+            self._lines += 1
+            self._end += len(line)
+            if key is None:
+                damaged.append(self._lines)
+            else:
+                self._index[key] = (offset, len(line))
+        self._warn(damaged)
+
+    def _line_number(self, offset: int) -> int:
+        with open(self.path, "rb") as file:
+            return file.read(offset).count(b"\n") + 1
+
+    def _warn(self, numbers: list[int]) -> None:
+        if new := [number for number in numbers if number not in self._warned]:
+            self._warned.update(new)
+            warnings.warn(f"cachy skipped damaged lines {new} of {self.path}", CachyWarning, stacklevel=2)
+
+
+_stores: dict[Path, Store] = {}
+
+
+def _store_for(path: Path) -> Store:
+    """One store per file and process, so that re-enabling does not reload the index."""
+    return _stores.setdefault(path.resolve(), Store(path))
+
+
+# ------------------------------------------------------------------------------ what cachy does
+@dataclass
+class Stats:
+    """What happened to requests since `enable_cachy`: a re-run notebook shows only hits."""
+
+    hits: int = 0
+    recorded: int = 0
+    passed: int = 0
+    replay_misses: int = 0
+    used: set[str] = field(default_factory=set, repr=False)  # keys hit or recorded: what pruning keeps
+
+    def __str__(self) -> str:
+        return f"{self.hits} hits, {self.recorded} recorded, {self.passed} passed through, {self.replay_misses} replay misses"
+
+
+def _is_recordable(status: int) -> bool:
+    """2xx, and 4xx that the request itself causes; never 5xx, or failures of credentials or load."""
+    return 200 <= status < 300 or (400 <= status < 500 and status not in _NOT_RECORDED_4XX)
+
+
+def _module_of(request: httpx.Request) -> Any:
+    """httpx or httpx2, whichever `request` belongs to, so the answer is of the kind the SDK expects."""
+    return httpx2 if httpx2 is not None and isinstance(request, httpx2.Request) else httpx
+
+
+def _replay(entry: dict, request: httpx.Request) -> httpx.Response:
+    """A read response built from `entry`: stored bytes exactly, no stale length or encoding headers."""
+    body = base64.b64decode(entry["response"]) if entry.get("binary") else entry["response"].encode()
+    module = _module_of(request)
+    response = module.Response(
+        entry["status_code"], headers=entry["headers"], stream=module.ByteStream(body), request=request
+    )
+    response.read()
+    return response
+
+
+class _Recorder(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m in _HTTPX)):
+    """Passes a live stream's chunks on as they arrive, and records the body once it is complete.
+
+    SDKs close a stream as soon as they see its final event, before the upstream's end: closing a
+    stream that was read from therefore reads what is left, so that the whole body is recorded. A
+    stream that breaks midway records nothing."""
+
+    def __init__(self, response: httpx.Response, on_complete: Callable[[bytes], None]):
+        self._response, self._on_complete = response, on_complete
+        self._chunks: list[bytes] = []
+        self._upstream = None  # the live iterator, once the caller starts reading
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._upstream = self._response.iter_bytes()
+        for chunk in self._upstream:
+            self._chunks.append(chunk)
+            yield chunk
+        self._complete()
+
+    async def __aiter__(self):
+        self._upstream = self._response.aiter_bytes()
+        async for chunk in self._upstream:
+            self._chunks.append(chunk)
+            yield chunk
+        self._complete()
+
+    def _complete(self) -> None:
+        if self._upstream is not None:
+            self._upstream = None
+            self._on_complete(b"".join(self._chunks))
+
+    def close(self) -> None:
+        try:
+            if self._upstream is not None:
+                self._chunks.extend(self._upstream)
+                self._complete()
+        except _HTTP_ERRORS:
+            pass  # the upstream broke: a truncated body is never recorded
+        finally:
+            self._response.close()
+
+    async def aclose(self) -> None:
+        try:
+            if self._upstream is not None:
+                self._chunks.extend([chunk async for chunk in self._upstream])
+                self._complete()
+        except _HTTP_ERRORS:
+            pass
+        finally:
+            await self._response.aclose()
+
+
+@dataclass
+class _Config:
+    store: Store
+    doms: tuple[str, ...]
+    hdrs: frozenset[str]
+    mode: str
+    debug: bool
+    stats: Stats = field(default_factory=Stats)
+    _count_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def covers(self, host: str) -> bool:
+        """Whether `host` is one of `doms` or below one: the host is matched, never a substring of the URL."""
+        return any(host == dom or host.endswith("." + dom) for dom in self.doms)
+
+    def note(self, outcome: str, request: httpx.Request, key: str = "-", detail: str = "") -> None:
+        with self._count_lock:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+            if outcome in ("hits", "recorded"):
+                self.stats.used.add(key)
+        if self.debug:
+            print(
+                f"cachy {_LABELS[outcome]:<11} {key:<16} {request.method} {public_url(request.url)}{detail}",
+                file=sys.stderr,
+            )
+
+    def lookup(self, request: httpx.Request, stream: bool) -> tuple[str, httpx.Response | None]:
+        """The key, and the recorded response when there is one; in replay mode a miss raises CachyMiss."""
+        key = request_key(request, stream)
+        entry = None if self.mode == "refresh" else self.store.get(key)
+        if entry is not None:
+            self.note("hits", request, key)
+            return key, _replay(entry, request)
+        if self.mode == "replay":
+            self.note("replay_misses", request, key)
+            raise CachyMiss(
+                f"cachy: no recorded response for {request.method} {public_url(request.url)} (key {key}) "
+                f"in {self.store.path}, and cachy is in replay mode. Record it by running once with API keys "
+                'in record mode (CACHY_MODE=record, or enable_cachy(mode="record")), then commit the file.'
+            )
+        return key, None
+
+    def record(self, key: str, request: httpx.Request, response: httpx.Response, stream: bool) -> httpx.Response:
+        """Store a live response, and answer with exactly what a later hit will replay."""
+        if not _is_recordable(response.status_code):
+            self.note("passed", request, key, f" ({response.status_code}, not recorded)")
+            return response
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k == "content-type" or (k in self.hdrs and k not in _NEVER_STORED)
+        }
+        entry = {
+            "key": key,
+            "method": request.method,
+            "url": public_url(request.url),
+            "status_code": response.status_code,
+            "headers": headers,
+        }
+
+        def save(body: bytes) -> None:
+            try:
+                entry["response"] = body.decode()
+            except UnicodeDecodeError:  # audio, images, other encodings: stored losslessly
+                entry.update(response=base64.b64encode(body).decode(), binary=True)
+            self.store.append(entry)
+            self.note("recorded", request, key)
+
+        if not stream:
+            save(response.content)
+            return _replay(entry, request)
+        module = _module_of(request)
+        return module.Response(response.status_code, headers=headers, stream=_Recorder(response, save), request=request)
+
+
+# ---------------------------------------------------------------------------------- the patches
+_config: _Config | None = None
+_originals: dict[type, Callable] = {}
+_bypass = contextvars.ContextVar("cachy_bypass", default=False)
+
+
+def _route(request: httpx.Request) -> _Config | None:
+    """The configuration that handles `request`, or None to send it untouched."""
+    if (config := _config) is None:
+        return None
+    if _bypass.get() or not config.covers(request.url.host):
+        config.note("passed", request)
+        return None
+    return config
+
+
+def _patched_sync(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def send(self, request, **kwargs):
+        if (config := _route(request)) is None:
+            return original(self, request, **kwargs)
+        request.read()  # a multipart upload is not read yet; reading keeps it sendable
+        key, cached = config.lookup(request, stream := bool(kwargs.get("stream")))
+        if cached is not None:
+            return cached
+        return config.record(key, request, original(self, request, **kwargs), stream)
+
+    return send
+
+
+def _patched_async(original: Callable) -> Callable:
+    @functools.wraps(original)
+    async def send(self, request, **kwargs):
+        if (config := _route(request)) is None:
+            return await original(self, request, **kwargs)
+        await request.aread()
+        key, cached = config.lookup(request, stream := bool(kwargs.get("stream")))
+        if cached is not None:
+            return cached
+        return config.record(key, request, await original(self, request, **kwargs), stream)
+
+    return send
+
+
+def _patch() -> None:
+    """Wrap each client class's `send` once; the wrappers read the configuration at call time."""
+    for module in _HTTPX:
+        for cls, wrap in ((module.Client, _patched_sync), (module.AsyncClient, _patched_async)):
+            if cls not in _originals:
+                _originals[cls] = cls.__dict__["send"]
+                cls.send = wrap(_originals[cls])
+
+
+def _unpatch() -> None:
+    for cls, original in _originals.items():
+        cls.send = original
+    _originals.clear()
+
+
+# ----------------------------------------------------------------------------------- public API
+def _host_names(value: Iterable[str] | None, name: str) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} takes a tuple or list of names, not a single string: write {name}=({value!r},)")
+    return tuple(item.lower() for item in value or ())
+
+
+def default_cache_dir() -> Path:
+    """The nearest folder at or above the working directory with a `pyproject.toml`, else the working directory."""
+    return find_file_parents("pyproject.toml") or Path.cwd()
+
+
+def enable_cachy(
+    cache_dir: str | os.PathLike | None = None,
+    doms: Iterable[str] = doms,
+    hdrs: Iterable[str] | None = None,
+    mode: str | None = None,
+    debug: bool = False,
+) -> None:
+    """Answer requests to `doms` from `cache_dir/cachy.jsonl`, and record the ones not seen before.
+
+    `hdrs` names response headers to keep besides content-type (Gemini uploads need two). `mode` is
+    "record" (default), "replay" (a miss raises CachyMiss) or "refresh"; `CACHY_MODE` sets the default."""
+    global _config
+    mode = mode or os.environ.get("CACHY_MODE") or "record"
+    if mode not in MODES:
+        raise ValueError(f"unknown cachy mode {mode!r}: use one of {', '.join(MODES)}")
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    store = _store_for(folder / "cachy.jsonl")
+    _config = _Config(store, _host_names(doms, "doms"), frozenset(_host_names(hdrs, "hdrs")), mode, debug)
+    _patch()
+
+
+def disable_cachy() -> None:
+    """Put the original `send` methods back; a no-op when cachy is not enabled."""
+    global _config
+    _config = None
+    _unpatch()
+
+
+def _restore(config: _Config | None) -> None:
+    global _config
+    if config is None:
+        return disable_cachy()
+    _config = config
+    _patch()
+
+
+def cachy_stats() -> Stats:
+    """A copy of the counts for the current configuration (all zero when cachy is off)."""
+    if _config is None:
+        return Stats()
+    with _config._count_lock:
+        return dataclasses.replace(_config.stats, used=set(_config.stats.used))
+
+
+def compact_cachy(path: str | os.PathLike | None = None, keep: set[str] | None = None) -> Rewrite:
+    """Rewrite a cache file deduplicated (last wins), without damaged lines, sorted by key, atomically.
+
+    With `keep`, entries whose key is not in it are dropped too."""
+    return _store_for(Path(path) if path is not None else default_cache_dir() / "cachy.jsonl").rewrite(keep)
+
+
+def prune_cachy() -> Rewrite:
+    """Drop every entry that no request used (hit or recorded) since `enable_cachy`. Call it after a full run."""
+    if _config is None:
+        raise RuntimeError("cachy is not enabled: prune_cachy keeps the entries used since enable_cachy")
+    if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+        raise RuntimeError(
+            f"prune_cachy in pytest-xdist worker {worker} would drop the entries other workers used: "
+            "use pytest --cachy-prune, which merges every worker's keys"
+        )
+    used = cachy_stats().used
+    if not used:
+        raise RuntimeError("no entry was used since enable_cachy: refusing to prune the whole file")
+    return compact_cachy(_config.store.path, keep=used)
+
+
+class _Switch(ContextDecorator):
+    """Base of the scoped switches: a `with` block, or a decorator of plain and async functions."""
+
+    def __call__(self, func: Callable) -> Callable:
+        if not inspect.iscoroutinefunction(func):
+            return super().__call__(func)
+
+        @functools.wraps(func)
+        async def run(*args, **kwargs):
+            with self._recreate_cm():
+                return await func(*args, **kwargs)
+
+        return run
+
+
+class cachy(_Switch):  # noqa: N801 - reads as a statement: `with cachy():`
+    """Enable cachy inside a block or decorated function, then restore whatever configuration was there before."""
+
+    @delegates(enable_cachy)
+    def __init__(self, **kwargs):
+        self._kwargs, self._previous = kwargs, None
+
+    def _recreate_cm(self) -> cachy:
+        return cachy(**self._kwargs)
+
+    def __enter__(self) -> Stats:
+        self._previous = _config
+        enable_cachy(**self._kwargs)
+        return _config.stats
+
+    def __exit__(self, *exc_info) -> None:
+        _restore(self._previous)
+
+
+class no_cachy(_Switch):  # noqa: N801
+    """Send requests live inside a block: nothing is read from or written to the cache (per thread and task)."""
+
+    def _recreate_cm(self) -> no_cachy:
+        return no_cachy()
+
+    def __enter__(self) -> None:
+        self._token = _bypass.set(True)
+
+    def __exit__(self, *exc_info) -> None:
+        _bypass.reset(self._token)

@@ -1,0 +1,360 @@
+"""The real SDKs through cachy, against a fake upstream at each SDK's real base URL.
+
+Every scenario runs twice: the first run reaches the upstream, the second reaches it zero times
+and parses to an equal result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import anthropic
+import httpx
+import httpx2
+import litellm
+import openai
+import pytest
+from google import genai
+from google.genai import types
+from helpers import Upstream, entries
+from litellm.llms.custom_httpx.http_handler import HTTPHandler
+
+from cachy import enable_cachy
+
+
+def twice(upstream: Upstream, run):
+    """Run `run()` twice; the second run must not reach the upstream and must give the same result."""
+    first = run()
+    calls = upstream.calls
+    assert calls > 0
+    second = run()
+    assert upstream.calls == calls, "the second run reached the upstream"
+    assert second == first
+    return first
+
+
+def sse(events: list[tuple[str | None, dict | str]]) -> list[bytes]:
+    """Server-sent events, one chunk each, each ending with the blank line the SDKs need."""
+    chunks = []
+    for name, data in events:
+        text = data if isinstance(data, str) else json.dumps(data)
+        chunks.append(((f"event: {name}\n" if name else "") + f"data: {text}\n\n").encode())
+    return chunks
+
+
+JSON = {"content-type": "application/json"}
+SSE = {"content-type": "text/event-stream"}
+
+
+# --------------------------------------------------------------------------------------- openai
+def openai_reply(request: httpx.Request, n: int):
+    body = json.loads(request.content)
+    if request.url.path.endswith("/chat/completions"):
+        if body.get("stream"):
+            chunk = {"id": f"c{n}", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+            deltas = [{"content": f"streamed {n}"}, {}]
+            return (
+                200,
+                SSE,
+                sse(
+                    [(None, {**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}) for d in deltas]
+                    + [(None, "[DONE]")]
+                ),
+            )
+        message = {"role": "assistant", "content": f"answer {n}"}
+        completion = {"id": f"c{n}", "object": "chat.completion", "created": 1, "model": body["model"]}
+        completion["choices"] = [{"index": 0, "message": message, "finish_reason": "stop"}]
+        return 200, {**JSON, "x-request-id": f"req_{n}"}, json.dumps(completion).encode()
+    return 200, SSE, sse(responses_events(n, body["model"]))
+
+
+def responses_events(n: int, model: str) -> list[tuple[str, dict]]:
+    text = f"response {n}"
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed"}
+    part = {"type": "output_text", "text": text, "annotations": []}
+    response = {
+        "id": f"resp_{n}",
+        "object": "response",
+        "created_at": 1,
+        "model": model,
+        "output": [],
+        "status": "in_progress",
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+    }
+    done = {**response, "status": "completed", "output": [{**message, "content": [part]}]}
+    events = [
+        ("response.created", {"response": response}),
+        (
+            "response.output_item.added",
+            {"output_index": 0, "item": {**message, "status": "in_progress", "content": []}},
+        ),
+        (
+            "response.content_part.added",
+            {"output_index": 0, "item_id": "msg_1", "content_index": 0, "part": {**part, "text": ""}},
+        ),
+        (
+            "response.output_text.delta",
+            {"output_index": 0, "item_id": "msg_1", "content_index": 0, "delta": text, "logprobs": []},
+        ),
+        (
+            "response.output_text.done",
+            {"output_index": 0, "item_id": "msg_1", "content_index": 0, "text": text, "logprobs": []},
+        ),
+        ("response.content_part.done", {"output_index": 0, "item_id": "msg_1", "content_index": 0, "part": part}),
+        ("response.output_item.done", {"output_index": 0, "item": done["output"][0]}),
+        ("response.completed", {"response": done}),
+    ]
+    return [(name, {"type": name, "sequence_number": i, **data}) for i, (name, data) in enumerate(events)]
+
+
+@pytest.fixture
+def openai_upstream():
+    return Upstream(openai_reply)
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def test_openai_chat(cache_dir, openai_upstream):
+    client = openai.OpenAI(api_key="sk-test", http_client=openai_upstream.client(httpx2))
+    result = twice(openai_upstream, lambda: client.chat.completions.create(model="gpt-x", messages=MESSAGES))
+    assert result.choices[0].message.content == "answer 1"
+    assert "sk-test" not in (cache_dir / "cachy.jsonl").read_text()
+
+
+def test_openai_chat_stream(cache_dir, openai_upstream):
+    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(httpx2))
+
+    def run():
+        stream = client.chat.completions.create(model="gpt-x", messages=MESSAGES, stream=True)
+        return "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+
+    assert twice(openai_upstream, run) == "streamed 1"
+
+
+def test_openai_responses_stream_helper(cache_dir, openai_upstream):
+    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(httpx2))
+
+    def run():
+        with client.responses.stream(model="gpt-x", input="hi") as stream:
+            deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+            return deltas, stream.get_final_response().output_text
+
+    assert twice(openai_upstream, run) == (["response 1"], "response 1")
+
+
+def test_openai_responses_stream_helper_async(cache_dir, openai_upstream):
+    client = openai.AsyncOpenAI(api_key="k", http_client=openai_upstream.async_client(httpx2))
+
+    async def run():
+        async with client.responses.stream(model="gpt-x", input="hi") as stream:
+            return (await stream.get_final_response()).output_text
+
+    assert twice(openai_upstream, lambda: asyncio.run(run())) == "response 1"
+
+
+def test_openai_with_legacy_httpx_client(cache_dir, openai_upstream):
+    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(httpx))
+    result = twice(openai_upstream, lambda: client.chat.completions.create(model="gpt-x", messages=MESSAGES))
+    assert result.choices[0].message.content == "answer 1"
+
+
+# ------------------------------------------------------------------------------------ anthropic
+def anthropic_reply(request: httpx.Request, n: int):
+    if request.url.path == "/v1/files":
+        assert b"file contents" in request.content
+        metadata = {
+            "id": f"file_{n}",
+            "type": "file",
+            "filename": "notes.txt",
+            "mime_type": "text/plain",
+            "size_bytes": 13,
+            "created_at": "2025-01-01T00:00:00Z",
+        }
+        return 200, JSON, json.dumps(metadata).encode()
+    body = json.loads(request.content)
+    message = {
+        "id": f"msg_{n}",
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+    text = f"claude {n}"
+    if not body.get("stream"):
+        done = {**message, "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
+        return 200, {**JSON, "request-id": f"req_{n}"}, json.dumps(done).encode()
+    return (
+        200,
+        SSE,
+        sse(
+            [
+                ("message_start", {"type": "message_start", "message": message}),
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                ),
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+                ),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                        "usage": {"output_tokens": 2},
+                    },
+                ),
+                ("message_stop", {"type": "message_stop"}),
+            ]
+        ),
+    )
+
+
+@pytest.fixture
+def anthropic_upstream():
+    return Upstream(anthropic_reply)
+
+
+def test_anthropic_messages_create(cache_dir, anthropic_upstream):
+    client = anthropic.Anthropic(api_key="sk-ant-test", http_client=anthropic_upstream.client(httpx2))
+    result = twice(
+        anthropic_upstream, lambda: client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES)
+    )
+    assert result.content[0].text == "claude 1"
+    assert "sk-ant-test" not in (cache_dir / "cachy.jsonl").read_text()
+
+
+def test_anthropic_messages_stream_helper(cache_dir, anthropic_upstream):
+    client = anthropic.Anthropic(api_key="k", http_client=anthropic_upstream.client(httpx2))
+
+    def run():
+        with client.messages.stream(model="claude-x", max_tokens=10, messages=MESSAGES) as stream:
+            return list(stream.text_stream), stream.get_final_message().stop_reason
+
+    assert twice(anthropic_upstream, run) == (["claude 1"], "end_turn")
+
+
+def test_anthropic_async_stream(cache_dir, anthropic_upstream):
+    client = anthropic.AsyncAnthropic(api_key="k", http_client=anthropic_upstream.async_client(httpx2))
+
+    async def run():
+        stream = await client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES, stream=True)
+        return [event.type async for event in stream]
+
+    assert twice(anthropic_upstream, lambda: asyncio.run(run()))[-1] == "message_stop"
+
+
+def test_anthropic_beta_files_upload_multipart(cache_dir, anthropic_upstream):
+    client = anthropic.Anthropic(api_key="k", http_client=anthropic_upstream.client(httpx2))
+    upload = lambda: client.beta.files.upload(file=("notes.txt", b"file contents", "text/plain"))  # noqa: E731
+    assert twice(anthropic_upstream, upload).id == "file_1"
+    boundaries = {request.headers["content-type"] for request in anthropic_upstream.requests}
+    assert len(boundaries) == 1  # one live call; the replayed call had its own boundary yet hit
+
+
+# --------------------------------------------------------------------------------- google-genai
+UPLOAD_URL = "https://generativelanguage.googleapis.com/upload/v1beta/files?upload_id=abc&upload_protocol=resumable"
+
+
+def gemini_reply(request: httpx.Request, n: int):
+    command = request.headers.get("x-goog-upload-command", "")
+    if command == "start":
+        return 200, {"x-goog-upload-url": UPLOAD_URL, "x-goog-upload-status": "active"}, b""
+    if "finalize" in command:
+        file = {
+            "name": f"files/f{n}",
+            "mimeType": "text/plain",
+            "sizeBytes": "13",
+            "state": "ACTIVE",
+            "uri": f"https://generativelanguage.googleapis.com/v1beta/files/f{n}",
+        }
+        return 200, {**JSON, "x-goog-upload-status": "final"}, json.dumps({"file": file}).encode()
+    candidate = {"content": {"role": "model", "parts": [{"text": f"gemini {n}"}]}, "finishReason": "STOP"}
+    answer = {"candidates": [candidate], "usageMetadata": {"promptTokenCount": 1, "totalTokenCount": 2}}
+    if "streamGenerateContent" in request.url.path:
+        return 200, SSE, sse([(None, answer), (None, answer)])
+    return 200, JSON, json.dumps(answer).encode()
+
+
+@pytest.fixture
+def gemini_upstream():
+    return Upstream(gemini_reply)
+
+
+def gemini(upstream: Upstream) -> genai.Client:
+    """A client whose sync and async traffic both go through httpx2 (not aiohttp) to the fake upstream."""
+    options = types.HttpOptions(httpx_client=upstream.client(httpx2), httpx_async_client=upstream.async_client(httpx2))
+    return genai.Client(api_key="AIza-test", http_options=options)
+
+
+def test_gemini_generate_content(cache_dir, gemini_upstream):
+    client = gemini(gemini_upstream)
+    result = twice(gemini_upstream, lambda: client.models.generate_content(model="gemini-x", contents="hi").text)
+    assert result == "gemini 1"
+    assert "AIza-test" not in (cache_dir / "cachy.jsonl").read_text()
+
+
+def test_gemini_stream(cache_dir, gemini_upstream):
+    client = gemini(gemini_upstream)
+    run = lambda: [c.text for c in client.models.generate_content_stream(model="gemini-x", contents="hi")]  # noqa: E731
+    assert twice(gemini_upstream, run) == ["gemini 1", "gemini 1"]
+
+
+def test_gemini_async(cache_dir, gemini_upstream):
+    client = gemini(gemini_upstream)
+
+    async def run():
+        return (await client.aio.models.generate_content(model="gemini-x", contents="hi")).text
+
+    assert twice(gemini_upstream, lambda: asyncio.run(run())) == "gemini 1"
+
+
+def test_gemini_files_upload_needs_hdrs(tmp_path, gemini_upstream):
+    enable_cachy(tmp_path, hdrs=["x-goog-upload-url", "x-goog-upload-status"])
+    client = gemini(gemini_upstream)
+    (tmp_path / "notes.txt").write_bytes(b"file contents")
+    upload = lambda: client.files.upload(file=tmp_path / "notes.txt", config={"mime_type": "text/plain"}).name  # noqa: E731
+    assert twice(gemini_upstream, upload) == "files/f2"
+    assert gemini_upstream.calls == 2  # start, then upload and finalize
+    assert entries(tmp_path)[0]["headers"]["x-goog-upload-url"] == UPLOAD_URL
+
+
+# -------------------------------------------------------------------------------------- litellm
+def test_litellm_anthropic_provider(cache_dir, anthropic_upstream):
+    handler = HTTPHandler(client=anthropic_upstream.client(httpx))
+
+    def run():
+        response = litellm.completion(model="anthropic/claude-x", messages=MESSAGES, api_key="k", client=handler)
+        return response.choices[0].message.content
+
+    assert twice(anthropic_upstream, run) == "claude 1"
+
+
+def test_litellm_anthropic_provider_stream(cache_dir, anthropic_upstream):
+    handler = HTTPHandler(client=anthropic_upstream.client(httpx))
+
+    def run():
+        stream = litellm.completion(
+            model="anthropic/claude-x", messages=MESSAGES, api_key="k", client=handler, stream=True
+        )
+        return "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+
+    assert twice(anthropic_upstream, run) == "claude 1"
+
+
+def test_litellm_openai_provider(cache_dir, openai_upstream):
+    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(httpx2))
+
+    def run():
+        response = litellm.completion(model="openai/gpt-x", messages=MESSAGES, client=client)
+        return response.choices[0].message.content
+
+    assert twice(openai_upstream, run) == "answer 1"
