@@ -527,6 +527,8 @@ def enable_cachy(
     if mode not in MODES:
         raise ValueError(f"unknown cachy mode {mode!r}: use one of {', '.join(MODES)}")
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if folder.is_file():
+        raise NotADirectoryError(f"cache_dir {folder} is a file: give the folder that holds (or will hold) cachy.jsonl")
     folder.mkdir(parents=True, exist_ok=True)
     store = _store_for(folder / "cachy.jsonl")
     _config = _Config(store, _host_names(doms, "doms"), frozenset(_host_names(hdrs, "hdrs")), mode, debug)

@@ -1,0 +1,388 @@
+"""The patch on httpx and httpx2: what is cached, what is replayed, what is stored, and switching it."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import threading
+
+import httpx
+import httpx2
+import pytest
+from helpers import Upstream, entries
+
+from cachy import CachyMiss, cachy, cachy_stats, core, disable_cachy, enable_cachy, no_cachy, prune_cachy
+
+CHAT = "https://api.openai.com/v1/chat/completions"
+
+
+# ------------------------------------------------------------------------------- domain filter
+def test_foreign_host_goes_untouched_and_its_body_is_not_read(cache_dir):
+    seen = []
+
+    class Transport(httpx.BaseTransport):
+        def handle_request(self, request):
+            seen.append(hasattr(request, "_content"))  # True once somebody has read the body
+            return httpx.Response(200, content=b"".join(request.stream))
+
+    with httpx.Client(transport=Transport()) as client:
+        body = iter([b"streamed ", b"body"])
+        assert client.post("https://example.com/upload", content=body).content == b"streamed body"
+    assert seen == [False]
+    assert not (cache_dir / "cachy.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "cached"),
+    [
+        ("https://api.openai.com/v1/x", True),
+        ("https://eu.api.openai.com/v1/x", True),
+        ("https://API.OpenAI.com/v1/x", True),
+        ("https://api.openai.com.evil.example/v1/x", False),
+        ("https://evil.example/api.openai.com/v1/x", False),
+        ("https://notapi.openai.com/v1/x", False),
+    ],
+)
+def test_the_host_is_matched_not_a_substring(cache_dir, upstream, url, cached):
+    upstream.client().post(url, json={})
+    assert len(entries(cache_dir)) == int(cached)
+
+
+def test_custom_domains_extend_the_defaults(tmp_path, upstream):
+    from cachy import doms
+
+    enable_cachy(tmp_path, doms=(*doms, "api.example.ai"))
+    client = upstream.client()
+    client.post("https://api.example.ai/v1/x", json={})
+    client.post("https://api.example.ai/v1/x", json={})
+    assert upstream.calls == 1
+
+
+# ------------------------------------------------------------------------------ replayed answer
+@pytest.mark.parametrize("module", [httpx, httpx2])
+def test_replay_is_the_same_modules_response_with_request_and_no_stale_headers(cache_dir, module):
+    body = json.dumps({"answer": "hi"}).encode()
+
+    def reply(request, n):
+        headers = {"content-type": "application/json", "content-encoding": "gzip", "x-request-id": f"r{n}"}
+        return 200, headers, gzip.compress(body)
+
+    upstream = Upstream(reply)
+    client = upstream.client(module)
+    live, replayed = client.post(CHAT, json={"q": 1}), client.post(CHAT, json={"q": 1})
+    assert upstream.calls == 1
+    for response in (live, replayed):
+        assert type(response) is module.Response
+        assert response.request.url == CHAT
+        assert response.content == body
+        assert not {"content-encoding", "content-length", "transfer-encoding"} & set(response.headers)
+        response.raise_for_status()
+    assert dict(replayed.headers) == dict(live.headers) == {"content-type": "application/json"}
+
+
+def test_errors_are_passed_on_and_not_recorded(cache_dir):
+    statuses = iter([500, 429, 401, 200])
+    upstream = Upstream(lambda request, n: (next(statuses), {"retry-after": "1"}, b'{"error": "x"}'))
+    client = upstream.client()
+    assert [client.post(CHAT, json={}).status_code for _ in range(5)] == [500, 429, 401, 200, 200]
+    assert client.post(CHAT, json={}).status_code == 200
+    assert upstream.calls == 4
+    assert [entry["status_code"] for entry in entries(cache_dir)] == [200]
+
+
+def test_a_deterministic_client_error_is_recorded(cache_dir):
+    upstream = Upstream(lambda request, n: (404, {"content-type": "application/json"}, b'{"error": "no model"}'))
+    client = upstream.client()
+    assert client.post(CHAT, json={"model": "gone"}).status_code == 404
+    assert client.post(CHAT, json={"model": "gone"}).status_code == 404
+    assert upstream.calls == 1
+
+
+def test_no_secret_reaches_the_file(tmp_path):
+    enable_cachy(tmp_path, hdrs=["X-Request-Id"])
+    secret_headers = {
+        "set-cookie": "session=SECRET-COOKIE",
+        "openai-organization": "org-SECRET",
+        "openai-project": "proj_SECRET",
+        "x-request-id": "req_1",
+        "content-type": "application/json",
+    }
+    upstream = Upstream(lambda request, n: (200, secret_headers, b"{}"))
+    client = upstream.client(
+        headers={"authorization": "Bearer sk-SECRET", "cookie": "c=SECRET", "x-goog-api-key": "SECRET"}
+    )
+    client.post("https://generativelanguage.googleapis.com/v1beta/models/g:generateContent?key=SECRET&alt=sse", json={})
+    text = (tmp_path / "cachy.jsonl").read_text()
+    assert "SECRET" not in text
+    assert entries(tmp_path)[0]["headers"] == {"content-type": "application/json", "x-request-id": "req_1"}
+    assert entries(tmp_path)[0]["url"].endswith("generateContent?alt=sse")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [bytes(range(256)) * 4, "café au lait, ½ price".encode("latin-1"), "naïve 😀 text".encode()],
+    ids=["binary", "latin-1", "utf-8"],
+)
+def test_any_body_is_stored_losslessly(cache_dir, body):
+    upstream = Upstream(lambda request, n: (200, {"content-type": "text/html"}, body))
+    client = upstream.client()
+    assert client.post(CHAT, json={}).content == body
+    assert client.post(CHAT, json={}).content == body
+    assert upstream.calls == 1
+    assert entries(cache_dir)[0].get("binary", False) is (body != "naïve 😀 text".encode())
+
+
+def test_an_unread_multipart_request_is_read_and_still_sent_whole(cache_dir, upstream):
+    client = upstream.client()
+    for _ in range(2):
+        client.post("https://api.anthropic.com/v1/files", files={"file": ("a.txt", b"payload")})
+    assert upstream.calls == 1
+    assert b"payload" in upstream.requests[0].content
+
+
+# ------------------------------------------------------------------------------------ switching
+def test_enable_twice_wraps_once_and_the_last_configuration_wins(tmp_path, upstream):
+    original = httpx.Client.__dict__["send"]
+    enable_cachy(tmp_path / "a")
+    enable_cachy(tmp_path / "b")
+    assert httpx.Client.__dict__["send"].__wrapped__ is original
+    upstream.client().post(CHAT, json={})
+    assert not (tmp_path / "a" / "cachy.jsonl").exists()
+    assert len(entries(tmp_path / "b")) == 1
+
+
+def test_disable_restores_the_exact_originals_and_is_a_no_op_when_off(tmp_path):
+    classes = [httpx.Client, httpx.AsyncClient, httpx2.Client, httpx2.AsyncClient]
+    originals = [cls.__dict__["send"] for cls in classes]
+    disable_cachy()
+    enable_cachy(tmp_path)
+    assert all(cls.__dict__["send"] is not original for cls, original in zip(classes, originals, strict=True))
+    disable_cachy()
+    disable_cachy()
+    assert [cls.__dict__["send"] for cls in classes] == originals
+
+
+def test_clients_opened_before_enable_and_subclasses_are_cached(tmp_path, upstream):
+    opened_before = upstream.client()
+
+    class Overriding(httpx.Client):
+        def send(self, request, **kwargs):
+            request.headers["x-sub"] = "1"
+            return super().send(request, **kwargs)
+
+    enable_cachy(tmp_path)
+    subclassed = Overriding(transport=httpx.MockTransport(upstream))
+    for client in (opened_before, subclassed, opened_before, subclassed):
+        client.post(CHAT, json={})
+    assert upstream.calls == 1
+
+
+def test_default_cache_dir_is_the_nearest_pyproject_folder(tmp_path, monkeypatch, upstream):
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "notebooks" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "notebooks" / "deep")
+    enable_cachy()
+    upstream.client().post(CHAT, json={})
+    assert len(entries(tmp_path)) == 1
+
+
+def test_wrong_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(TypeError, match=r"doms=\('api.x.ai',\)"):
+        enable_cachy(tmp_path, doms="api.x.ai")
+    with pytest.raises(ValueError, match="record, replay, refresh"):
+        enable_cachy(tmp_path, mode="playback")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"cache_dir .*file is a file"):
+        enable_cachy(tmp_path / "file")
+
+
+# ---------------------------------------------------------------------------------------- modes
+def test_replay_miss_is_a_clear_exception_naming_what_to_do(tmp_path, upstream):
+    enable_cachy(tmp_path, mode="replay")
+    url = "https://generativelanguage.googleapis.com/v1beta/models/g:generateContent?key=SECRET"
+    with pytest.raises(CachyMiss) as miss:
+        upstream.client().post(url, json={"q": 1})
+    message = str(miss.value)
+    assert "POST https://generativelanguage.googleapis.com/v1beta/models/g:generateContent " in message
+    assert "SECRET" not in message
+    assert str(tmp_path / "cachy.jsonl") in message
+    assert "record" in message and "API key" in message
+    key = message.split("(key ")[1][:16]
+    assert core.request_key(httpx.Request("POST", url, json={"q": 1})) == key
+    assert upstream.calls == 0
+    assert cachy_stats().replay_misses == 1
+
+
+def test_replay_answers_what_record_recorded(tmp_path, upstream):
+    enable_cachy(tmp_path)
+    recorded = upstream.client().post(CHAT, json={"q": 1}).json()
+    enable_cachy(tmp_path, mode="replay")
+    assert upstream.client().post(CHAT, json={"q": 1}).json() == recorded
+    assert upstream.calls == 1
+
+
+def test_refresh_goes_live_and_the_new_answer_wins(tmp_path, upstream):
+    enable_cachy(tmp_path)
+    client = upstream.client()
+    assert client.post(CHAT, json={}).json()["n"] == 1
+    enable_cachy(tmp_path, mode="refresh")
+    assert client.post(CHAT, json={}).json()["n"] == 2
+    enable_cachy(tmp_path)
+    assert client.post(CHAT, json={}).json()["n"] == 2
+    assert upstream.calls == 2
+
+
+def test_cachy_mode_environment_variable_sets_the_default(tmp_path, monkeypatch, upstream):
+    monkeypatch.setenv("CACHY_MODE", "replay")
+    enable_cachy(tmp_path)
+    with pytest.raises(CachyMiss):
+        upstream.client().post(CHAT, json={})
+    enable_cachy(tmp_path, mode="record")
+    upstream.client().post(CHAT, json={})
+    assert upstream.calls == 1
+
+
+# ------------------------------------------------------------------------------ scoped switches
+def test_no_cachy_goes_live_without_reading_or_writing(cache_dir, upstream):
+    client = upstream.client()
+    client.post(CHAT, json={})
+    with no_cachy():
+        assert client.post(CHAT, json={}).json()["n"] == 2
+        assert client.post(CHAT, json={"new": 1}).json()["n"] == 3
+    assert len(entries(cache_dir)) == 1
+    assert client.post(CHAT, json={}).json()["n"] == 1
+
+
+def test_no_cachy_is_scoped_to_its_own_thread_and_task(cache_dir, upstream):
+    client = upstream.client()
+    client.post(CHAT, json={})  # recorded as answer 1
+    inside, entered = threading.Event(), threading.Event()
+    answers = {}
+
+    def live():
+        with no_cachy():
+            entered.set()
+            inside.wait(5)
+            answers["live"] = client.post(CHAT, json={}).json()["n"]
+
+    thread = threading.Thread(target=live)
+    thread.start()
+    entered.wait(5)
+    answers["cached"] = client.post(CHAT, json={}).json()["n"]  # while the other thread is inside no_cachy
+    inside.set()
+    thread.join()
+    assert answers == {"cached": 1, "live": 2}
+
+    async def both():
+        async def bypassed():
+            with no_cachy():
+                await asyncio.sleep(0.01)
+                return (await async_client.post(CHAT, json={})).json()["n"]
+
+        async def cached():
+            return (await async_client.post(CHAT, json={})).json()["n"]
+
+        async with upstream.async_client() as async_client:
+            return await asyncio.gather(bypassed(), cached())
+
+    assert asyncio.run(both()) == [3, 1]
+
+
+def test_cachy_block_restores_the_previous_configuration(tmp_path, upstream):
+    client = upstream.client()
+    enable_cachy(tmp_path / "outer")
+    with cachy(cache_dir=tmp_path / "inner") as stats:
+        client.post(CHAT, json={})
+    assert stats.recorded == 1
+    client.post(CHAT, json={"outer": 1})
+    assert len(entries(tmp_path / "inner")) == 1
+    assert len(entries(tmp_path / "outer")) == 1
+    disable_cachy()
+    with cachy(cache_dir=tmp_path / "inner"):
+        pass
+    assert core._config is None
+    assert httpx.Client.send is httpx.Client.__dict__["send"] and not hasattr(httpx.Client.send, "__wrapped__")
+
+
+def test_switches_work_as_decorators_of_plain_and_async_functions(tmp_path, upstream):
+    @cachy(cache_dir=tmp_path)
+    def cached_call():
+        return upstream.client().post(CHAT, json={}).json()["n"]
+
+    @cachy(cache_dir=tmp_path)
+    async def cached_async_call():
+        async with upstream.async_client() as client:
+            return (await client.post(CHAT, json={})).json()["n"]
+
+    @no_cachy()
+    async def live_async_call():
+        async with upstream.async_client() as client:
+            return (await client.post(CHAT, json={})).json()["n"]
+
+    assert [cached_call(), cached_call(), asyncio.run(cached_async_call())] == [1, 1, 1]
+    assert core._config is None
+    enable_cachy(tmp_path)
+    assert asyncio.run(live_async_call()) == 2
+
+
+# ------------------------------------------------------------------------------ what it reports
+def test_debug_prints_one_line_per_request_and_nothing_unless_asked(tmp_path, upstream, capsys):
+    client = upstream.client()
+    enable_cachy(tmp_path)
+    client.post(CHAT, json={})
+    assert capsys.readouterr() == ("", "")
+    enable_cachy(tmp_path, debug=True)
+    client.post(CHAT, json={})
+    client.post(CHAT, json={"new": 1})
+    client.get("https://example.com/")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[1] for line in lines] == ["hit", "recorded", "passed"]
+    assert all(CHAT in line for line in lines[:2]) and "https://example.com/" in lines[2]
+    assert lines[0].split()[2] == entries(tmp_path)[0]["key"]
+
+
+def test_stats_count_this_configuration(tmp_path, upstream):
+    client = upstream.client()
+    enable_cachy(tmp_path)
+    client.post(CHAT, json={})
+    enable_cachy(tmp_path)
+    for _ in range(3):
+        client.post(CHAT, json={})
+    client.get("https://example.com/")
+    stats = cachy_stats()
+    assert (stats.hits, stats.recorded, stats.passed, stats.replay_misses) == (3, 0, 1, 0)
+    assert str(stats) == "3 hits, 0 recorded, 1 passed through, 0 replay misses"
+    disable_cachy()
+    assert cachy_stats().hits == 0
+
+
+# -------------------------------------------------------------------------------------- pruning
+def test_prune_keeps_what_this_run_used(tmp_path, upstream):
+    enable_cachy(tmp_path)
+    for n in range(3):
+        upstream.client().post(CHAT, json={"n": n})
+    os.chmod(tmp_path / "cachy.jsonl", 0o640)
+    enable_cachy(tmp_path)
+    upstream.client().post(CHAT, json={"n": 1})
+    upstream.client().post(CHAT, json={"n": 3})
+    result = prune_cachy()
+    assert (result.kept, result.pruned) == (2, 2)
+    assert sorted(json.loads(json.loads(e["response"])["echo"])["n"] for e in entries(tmp_path)) == [1, 3]
+    assert (tmp_path / "cachy.jsonl").stat().st_mode & 0o777 == 0o640
+
+
+def test_prune_refuses_what_would_lose_entries(tmp_path, upstream, monkeypatch):
+    with pytest.raises(RuntimeError, match="not enabled"):
+        prune_cachy()
+    enable_cachy(tmp_path)
+    upstream.client().post(CHAT, json={})
+    enable_cachy(tmp_path)
+    with pytest.raises(RuntimeError, match="no entry was used"):
+        prune_cachy()
+    upstream.client().post(CHAT, json={})
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    with pytest.raises(RuntimeError, match=r"gw1.*--cachy-prune"):
+        prune_cachy()
+    assert len(entries(tmp_path)) == 1
