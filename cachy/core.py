@@ -328,16 +328,24 @@ class _Recorder(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m i
 
     def __iter__(self) -> Iterator[bytes]:
         self._upstream = self._response.iter_bytes()
-        for chunk in self._upstream:
-            self._chunks.append(chunk)
-            yield chunk
+        try:
+            for chunk in self._upstream:
+                self._chunks.append(chunk)
+                yield chunk
+        except Exception:
+            self._upstream = None  # broken midway: nothing to complete or record
+            raise
         self._complete()
 
     async def __aiter__(self):
         self._upstream = self._response.aiter_bytes()
-        async for chunk in self._upstream:
-            self._chunks.append(chunk)
-            yield chunk
+        try:
+            async for chunk in self._upstream:
+                self._chunks.append(chunk)
+                yield chunk
+        except Exception:
+            self._upstream = None
+            raise
         self._complete()
 
     def _complete(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import httpx
 import httpx2
@@ -32,8 +32,8 @@ class Upstream:
         return module.AsyncClient(transport=module.MockTransport(self), **kwargs)
 
 
-def chunked(module, chunks: list[bytes]):
-    """A stream of `chunks` for either module (MockTransport wants that module's stream classes)."""
+def chunked(module, chunks: Iterable[bytes]):
+    """A stream of `chunks`, read once, for either module (MockTransport wants that module's stream classes)."""
 
     class Chunks(module.SyncByteStream, module.AsyncByteStream):
         def __iter__(self) -> Iterator[bytes]:

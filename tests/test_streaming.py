@@ -1,0 +1,142 @@
+"""Streaming through cachy: chunks pass through live on a miss, only a complete body is recorded,
+and a hit replays the same bytes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import httpx2
+import pytest
+from helpers import chunked, entries
+
+from cachy import request_key
+
+URL = "https://api.anthropic.com/v1/messages"
+EVENTS = [b"event: a\ndata: 1\n\n", b"event: b\ndata: 2\n\n", b"event: c\ndata: 3\n\n"]
+
+
+class Upstream:
+    """Streams EVENTS, recording what the caller had received when each chunk was produced; can break midway."""
+
+    def __init__(self, module=httpx, break_after: int | None = None):
+        self.module, self.break_after, self.calls = module, break_after, 0
+        self.received: list[bytes] = []  # what the caller has seen, appended by the test as it reads
+        self.seen_when_sending: list[int] = []
+
+    def chunks(self):
+        for index, event in enumerate(EVENTS):
+            if index == self.break_after:
+                raise self.module.ReadError("connection reset by peer")
+            self.seen_when_sending.append(len(self.received))
+            yield event
+
+    def handler(self, request):
+        self.calls += 1
+        stream = chunked(self.module, self.chunks())
+        return self.module.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    def client(self):
+        return self.module.Client(transport=self.module.MockTransport(self.handler))
+
+    def async_client(self):
+        return self.module.AsyncClient(transport=self.module.MockTransport(self.handler))
+
+
+def read(client, upstream: Upstream) -> bytes:
+    with client.stream("POST", URL, json={"stream": True}) as response:
+        for chunk in response.iter_bytes():
+            upstream.received.append(chunk)
+    return b"".join(upstream.received)
+
+
+@pytest.mark.parametrize("module", [httpx, httpx2])
+def test_a_miss_passes_chunks_on_as_they_arrive_and_records_at_the_end(cache_dir, module):
+    upstream = Upstream(module)
+    with upstream.client().stream("POST", URL, json={"stream": True}) as response:
+        for chunk in response.iter_bytes():
+            assert entries(cache_dir) == []  # nothing is written before the stream's end
+            upstream.received.append(chunk)
+    # Each event was produced only after the caller had received the ones before it: nothing was buffered.
+    assert upstream.seen_when_sending == [0, 1, 2]
+    assert entries(cache_dir)[0]["response"] == b"".join(EVENTS).decode()
+    upstream.received.clear()
+    assert read(upstream.client(), upstream) == b"".join(EVENTS)
+    assert upstream.calls == 1
+
+
+def test_an_async_miss_passes_chunks_on_as_they_arrive(cache_dir):
+    upstream = Upstream(httpx2)
+
+    async def run():
+        async with upstream.async_client() as client, client.stream("POST", URL, json={"stream": True}) as response:
+            async for chunk in response.aiter_bytes():
+                upstream.received.append(chunk)
+
+    asyncio.run(run())
+    assert upstream.seen_when_sending == [0, 1, 2]
+    upstream.received.clear()
+    asyncio.run(run())
+    assert b"".join(upstream.received) == b"".join(EVENTS)
+    assert upstream.calls == 1
+
+
+def test_a_hit_replays_the_exact_bytes_including_the_final_blank_line(cache_dir):
+    upstream = Upstream()
+    read(upstream.client(), upstream)
+    upstream.received.clear()
+    replayed = read(upstream.client(), upstream)
+    assert replayed.endswith(b"data: 3\n\n") and replayed == b"".join(EVENTS)
+
+
+def test_stream_and_non_stream_calls_are_cached_apart(cache_dir):
+    upstream = Upstream()
+    read(upstream.client(), upstream)
+    upstream.client().post(URL, json={"stream": True})
+    assert upstream.calls == 2
+    request = httpx.Request("POST", URL, json={"stream": True})
+    assert {entry["key"] for entry in entries(cache_dir)} == {request_key(request, True), request_key(request, False)}
+
+
+def test_a_stream_closed_after_its_first_chunk_is_completed_before_it_is_stored(cache_dir):
+    """SDKs close a stream once they see its final event: the rest is read so the whole body is stored."""
+    upstream = Upstream()
+    with upstream.client().stream("POST", URL, json={"stream": True}) as response:
+        next(response.iter_bytes())
+    assert entries(cache_dir)[0]["response"] == b"".join(EVENTS).decode()
+
+
+def test_a_stream_closed_before_it_is_read_records_nothing(cache_dir):
+    upstream = Upstream()
+    with upstream.client().stream("POST", URL, json={"stream": True}) as response:
+        assert response.status_code == 200
+    assert entries(cache_dir) == []
+
+
+@pytest.mark.parametrize("module", [httpx, httpx2])
+def test_a_stream_that_breaks_midway_records_nothing(cache_dir, module):
+    upstream = Upstream(module, break_after=2)
+    with pytest.raises(module.ReadError), upstream.client().stream("POST", URL, json={"stream": True}) as response:
+        for chunk in response.iter_bytes():
+            upstream.received.append(chunk)
+    assert upstream.received == EVENTS[:2]
+    assert entries(cache_dir) == []
+
+
+def test_a_stream_that_breaks_while_being_completed_records_nothing(cache_dir):
+    upstream = Upstream(break_after=2)
+    with upstream.client().stream("POST", URL, json={"stream": True}) as response:
+        next(response.iter_bytes())
+    assert entries(cache_dir) == []
+
+
+def test_an_async_stream_closed_early_is_completed_and_one_that_breaks_is_not(cache_dir):
+    async def first_chunk_then_close(upstream):
+        async with upstream.async_client() as client, client.stream("POST", URL, json={"s": 1}) as response:
+            async for _ in response.aiter_bytes():
+                break
+
+    asyncio.run(first_chunk_then_close(Upstream(httpx2, break_after=2)))
+    assert entries(cache_dir) == []
+    asyncio.run(first_chunk_then_close(Upstream(httpx2)))
+    assert entries(cache_dir)[0]["response"] == b"".join(EVENTS).decode()
