@@ -1,0 +1,205 @@
+"""cachy.jsonl: the index, appends, damage, duplicates, compaction and git merges."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from helpers import entries
+
+from cachy import CachyWarning, compact_cachy, core, disable_cachy, enable_cachy
+
+CHAT = "https://api.openai.com/v1/chat/completions"
+
+
+def ask(upstream, n: int) -> int:
+    """Send request number `n`; the answer says which upstream call produced it."""
+    return upstream.client().post(CHAT, json={"question": n}).json()["n"]
+
+
+def record(folder, upstream, questions) -> list[str]:
+    """Record `questions` into folder/cachy.jsonl and return its lines."""
+    enable_cachy(folder)
+    for n in questions:
+        ask(upstream, n)
+    disable_cachy()
+    return (folder / "cachy.jsonl").read_text().splitlines(keepends=True)
+
+
+def fresh_process_state():
+    """Forget the loaded index, as a new process (or notebook kernel) would."""
+    core._stores.clear()
+
+
+# ------------------------------------------------------------------------------- index and appends
+def test_a_hit_writes_nothing_and_does_not_look_at_the_file_again(tmp_path, upstream, monkeypatch):
+    record(tmp_path, upstream, [1])
+    before = (tmp_path / "cachy.jsonl").stat()
+    enable_cachy(tmp_path)
+    original_sync, syncs = core.Store._sync, []
+
+    def counting_sync(self):
+        syncs.append(1)
+        return original_sync(self)
+
+    monkeypatch.setattr(core.Store, "_sync", counting_sync)
+    assert ask(upstream, 1) == 1
+    after = (tmp_path / "cachy.jsonl").stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert syncs == []
+    assert upstream.calls == 1
+
+
+def test_appends_keep_the_files_permissions(tmp_path, upstream):
+    record(tmp_path, upstream, [1])
+    os.chmod(tmp_path / "cachy.jsonl", 0o664)
+    record(tmp_path, upstream, [2])
+    assert (tmp_path / "cachy.jsonl").stat().st_mode & 0o777 == 0o664
+
+
+def test_the_index_sees_what_another_process_appended(tmp_path, upstream):
+    record(tmp_path, upstream, [1])
+    enable_cachy(tmp_path)
+    assert ask(upstream, 1) == 1  # the index is loaded now
+    script = f"""
+        import httpx
+        from cachy import enable_cachy
+        enable_cachy({str(tmp_path)!r})
+        answer = lambda request: httpx.Response(200, json={{"n": "from the other process"}})
+        client = httpx.Client(transport=httpx.MockTransport(answer))
+        client.post({CHAT!r}, json={{"question": 2}})
+    """
+    subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=True)
+    assert ask(upstream, 2) == "from the other process"
+    assert upstream.calls == 1
+
+
+def test_the_index_follows_a_file_replaced_by_another_process(tmp_path, upstream):
+    record(tmp_path, upstream, [1, 2])
+    enable_cachy(tmp_path)
+    assert ask(upstream, 1) == 1
+    lines = (tmp_path / "cachy.jsonl").read_text().splitlines(keepends=True)
+    replacement = tmp_path / "replacement"
+    replacement.write_text(lines[1] + lines[0].replace('"n\\": 1', '"n\\": 99'))
+    os.replace(replacement, tmp_path / "cachy.jsonl")  # as a compaction elsewhere, or a git checkout, would
+    assert ask(upstream, 3) == 3  # a miss looks at the file, notices it was replaced, and re-reads it
+    assert ask(upstream, 1) == 99
+    assert ask(upstream, 2) == 2
+
+
+# ------------------------------------------------------------------------------------ damage
+def damage_cases(lines: list[str]) -> dict[str, tuple[str, list[int]]]:
+    """File contents with each kind of damage, and the line numbers the warning must name."""
+    a, b, c = lines
+    return {
+        "blank lines": (a + "\n" + b + "   \n" + c, [2, 4]),
+        "truncated last line": (a + b + c[: len(c) // 2], [3]),
+        "conflict markers": (f"<<<<<<< HEAD\n{a}=======\n{b}>>>>>>> feature\n{c}", [1, 3, 5]),
+        "not entries": (a + "[1, 2]\n" + '"text"\n' + b + '{"no": "key"}\n' + "not json at all\n" + c, [2, 3, 5, 6]),
+    }
+
+
+@pytest.mark.parametrize("case", ["blank lines", "truncated last line", "conflict markers", "not entries"])
+def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_appends(tmp_path, upstream, case):
+    lines = record(tmp_path, upstream, [1, 2, 3])
+    content, numbers = damage_cases(lines)[case]
+    (tmp_path / "cachy.jsonl").write_text(content)
+    fresh_process_state()
+    enable_cachy(tmp_path)
+    with pytest.warns(CachyWarning) as warned:
+        intact = [ask(upstream, n) for n in (1, 2, 3)]
+    assert len(warned) == 1
+    assert f"damaged lines {numbers}" in str(warned[0].message)
+    expected_hits = [1, 2] if case == "truncated last line" else [1, 2, 3]
+    assert [intact[n - 1] for n in expected_hits] == expected_hits
+    recorded_after_the_damage = ask(upstream, 4)
+    assert recorded_after_the_damage == upstream.calls
+    fresh_process_state()
+    enable_cachy(tmp_path)
+    with pytest.warns(CachyWarning):
+        assert ask(upstream, 4) == recorded_after_the_damage  # a new process reads it back
+
+
+def test_a_line_damaged_behind_a_valid_start_is_a_miss_not_a_failure(tmp_path, upstream):
+    lines = record(tmp_path, upstream, [1, 2])
+    (tmp_path / "cachy.jsonl").write_text(lines[0].replace('"response"', '"resp', 1) + lines[1])
+    fresh_process_state()
+    enable_cachy(tmp_path)
+    with pytest.warns(CachyWarning, match=r"damaged lines \[1\]"):
+        assert ask(upstream, 1) == 3  # went live and recorded again
+    assert ask(upstream, 1) == 3
+    assert ask(upstream, 2) == 2
+
+
+def test_the_last_of_duplicate_keys_wins(tmp_path, upstream):
+    lines = record(tmp_path, upstream, [1])
+    newer = lines[0].replace('\\"n\\": 1', '\\"n\\": 2')
+    (tmp_path / "cachy.jsonl").write_text(lines[0] + newer)
+    fresh_process_state()
+    enable_cachy(tmp_path)
+    assert ask(upstream, 1) == 2
+
+
+# ------------------------------------------------------------------------------------ compaction
+def test_compact_deduplicates_drops_damage_and_sorts_by_key(tmp_path, upstream):
+    lines = record(tmp_path, upstream, [1, 2, 3])
+    newer_first = lines[0].replace('\\"n\\": 1', '\\"n\\": 9')
+    (tmp_path / "cachy.jsonl").write_text(lines[2] + lines[0] + "<<<<<<< HEAD\n" + lines[1] + newer_first + "[1]\n")
+    os.chmod(tmp_path / "cachy.jsonl", 0o640)
+    inode = (tmp_path / "cachy.jsonl").stat().st_ino
+    result = compact_cachy(tmp_path / "cachy.jsonl")
+    assert (result.kept, result.duplicates, result.damaged, result.pruned) == (3, 1, [3, 6], 0)
+    kept = entries(tmp_path)
+    assert [entry["key"] for entry in kept] == sorted(entry["key"] for entry in kept)
+    assert json.loads(next(e for e in kept if e["key"] == json.loads(lines[0])["key"])["response"])["n"] == 9
+    stat = (tmp_path / "cachy.jsonl").stat()
+    assert stat.st_mode & 0o777 == 0o640
+    assert stat.st_ino != inode  # written aside and renamed over the original
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cachy.jsonl"]
+    enable_cachy(tmp_path)
+    assert [ask(upstream, n) for n in (1, 2, 3)] == [9, 2, 3]
+
+
+def test_compact_is_atomic_a_failure_leaves_the_original_whole(tmp_path, upstream, monkeypatch):
+    lines = record(tmp_path, upstream, [1, 2])
+    original = (tmp_path / "cachy.jsonl").read_text() + lines[0]
+    (tmp_path / "cachy.jsonl").write_text(original)
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(core.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        compact_cachy(tmp_path / "cachy.jsonl")
+    assert (tmp_path / "cachy.jsonl").read_text() == original
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cachy.jsonl"]
+
+
+# ----------------------------------------------------------------------------------------- git
+def git(folder, *args) -> str:
+    return subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True, text=True).stdout
+
+
+def test_a_union_merge_of_two_branches_replays_both(tmp_path, upstream):
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "config", "user.email", "t@example.com")
+    git(tmp_path, "config", "user.name", "t")
+    (tmp_path / ".gitattributes").write_text("cachy.jsonl merge=union\n")
+    record(tmp_path, upstream, [0])
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "base")
+    git(tmp_path, "checkout", "-qb", "feature")
+    record(tmp_path, upstream, [1, 2])
+    git(tmp_path, "commit", "-qam", "feature")
+    git(tmp_path, "checkout", "-q", "main")
+    record(tmp_path, upstream, [3])
+    git(tmp_path, "commit", "-qam", "main")
+    git(tmp_path, "merge", "-q", "feature", "-m", "merge")
+    fresh_process_state()
+    enable_cachy(tmp_path, mode="replay")
+    assert [ask(upstream, n) for n in (0, 1, 2, 3)] == [1, 2, 3, 4]
+    assert upstream.calls == 4
