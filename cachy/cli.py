@@ -68,9 +68,7 @@ def _body(entry: dict) -> str:
     events = [event for event in entry["response"].split("\n\n") if event.strip()]
     shown = []
     for number, event in enumerate(events, 1):
-        fields = [
-            f"  {line[6:]}" if not line.startswith("data: ") else _pretty(line[6:]) for line in event.splitlines()
-        ]
+        fields = [_pretty(line[6:]) if line.startswith("data: ") else line for line in event.splitlines()]
         shown.append(f"--- event {number}\n" + "\n".join(fields))
     return "\n".join(shown)
 

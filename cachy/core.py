@@ -29,7 +29,6 @@ from typing import IO, Any
 import httpx
 from fastcore.meta import delegates
 from fastcore.xtras import find_file_parents
-from filelock import FileLock
 
 try:
     import httpx2
@@ -83,13 +82,17 @@ def public_url(url: httpx.URL) -> str:
     return str(url)
 
 
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_BOUNDARY = re.compile(r'boundary="?([^";\s]+)')
+
+
 def _normalised_body(request: httpx.Request) -> bytes:
     """The body with what differs between identical calls made constant: the multipart boundary, JSON key order."""
     body = request.content
-    if boundary := re.search(r'boundary="?([^";\s]+)', request.headers.get("content-type", "")):
+    if boundary := _BOUNDARY.search(request.headers.get("content-type", "")):
         return body.replace(boundary.group(1).encode(), b"cachy-boundary")
     try:  # any body that parses as JSON, whatever its content-type says
-        return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+        return _CANONICAL_JSON.encode(json.loads(body)).encode()
     except (ValueError, RecursionError):
         return body
 
@@ -112,6 +115,7 @@ def _parse_entry(line: bytes) -> dict | None:
     return entry if is_entry else None
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # readable diffs; made once, as json.dumps would for each call
 _KEY_START = b'{"key": "'
 _KEY_END = len(_KEY_START) + KEY_CHARS
 
@@ -130,6 +134,12 @@ def _line_key(line: bytes) -> str | None:
     return entry["key"] if entry else None
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """One write, as a rule; the loop only guards against a write cut short by a signal."""
+    while data:
+        data = data[os.write(fd, data) :]
+
+
 def read_lines(file: IO[bytes], offset: int = 0) -> Iterator[tuple[int, bytes]]:
     """(offset, line) for every line of `file` from `offset` on."""
     file.seek(offset)
@@ -144,10 +154,48 @@ def scan(file: IO[bytes]) -> Iterator[tuple[int, int, bytes, dict | None]]:
         yield number, offset, line, _parse_entry(line)
 
 
-def _lock_for(path: Path) -> FileLock:
-    """A cross-process lock for `path`, kept in the temp folder so that nothing appears in the user's repo."""
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    return FileLock(Path(tempfile.gettempdir()) / f"cachy-{digest}.lock")
+if os.name == "nt":
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        while True:  # LK_LOCK gives up after 10 s; a writer holding the lock that long is still no reason to fail
+            try:
+                return msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+            except OSError:
+                continue
+
+    def _unlock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class _ProcessLock:
+    """Keeps other processes out while a line is appended or read. Its file is in the temp folder, so nothing
+    appears in the user's repo; threads of this process are kept apart by the store's mutex, held around it."""
+
+    def __init__(self, path: Path):
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        self._path, self._fd, self._depth = Path(tempfile.gettempdir()) / f"cachy-{digest}.lock", None, 0
+
+    def __enter__(self) -> None:
+        if self._depth == 0:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o666)
+            _lock(self._fd)
+        self._depth += 1
+
+    def __exit__(self, *exc_info) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            _unlock(self._fd)
 
 
 @dataclass
@@ -165,9 +213,10 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = path
-        self._file_lock = _lock_for(path)
+        self._process_lock = _ProcessLock(path)
         self._mutex = threading.RLock()  # this process's index and read handle
         self._file: IO[bytes] | None = None
+        self._inode = 0
         self._index: dict[str, tuple[int, int]] = {}
         self._end = self._lines = 0  # how far the index has read
         self._warned: set[int] = set()
@@ -190,16 +239,29 @@ class Store:
 
     def append(self, entry: dict) -> None:
         """Append `entry` as one whole line, under the cross-process lock, in a single write."""
-        line = json.dumps(entry, ensure_ascii=False).encode() + b"\n"
-        with self._mutex, self._file_lock, open(self.path, "ab+", buffering=0) as file:
-            if file.seek(0, os.SEEK_END) and (file.seek(-1, os.SEEK_END), file.read(1))[1] != b"\n":
-                line = b"\n" + line  # the last writer was killed mid-line: start afresh
-            file.write(line)
+        line = _ENCODER.encode(entry).encode() + b"\n"
+        with self._mutex, self._process_lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+            try:
+                end, inode = (stat := os.fstat(fd)).st_size, stat.st_ino
+                if self._file is not None and (end, inode) == (self._end, self._inode):  # all read: index our line
+                    _write_all(fd, line)
+                    self._index[entry["key"]], self._end, self._lines = (
+                        (end, len(line)),
+                        end + len(line),
+                        self._lines + 1,
+                    )
+                    return
+                if end and (os.lseek(fd, -1, os.SEEK_END), os.read(fd, 1))[1] != b"\n":
+                    line = b"\n" + line  # the last line is unfinished (a writer was killed): start afresh
+                _write_all(fd, line)
+            finally:
+                os.close(fd)
             self._sync()
 
     def rewrite(self, keep: set[str] | None = None) -> Rewrite:
         """Rewrite the file atomically: last entry per key, damaged lines dropped, sorted by key, mode kept."""
-        with self._mutex, self._file_lock:
+        with self._mutex, self._process_lock:
             if not self.path.exists():
                 return Rewrite(kept=0, duplicates=0, damaged=[])
             latest, damaged, count = {}, [], 0
@@ -237,24 +299,26 @@ class Store:
             size, inode = (stat := os.stat(self.path)).st_size, stat.st_ino
         except FileNotFoundError:
             return self._close()
-        if self._file is None or inode != os.fstat(self._file.fileno()).st_ino or size < self._end:
+        if self._file is None or inode != self._inode or size < self._end:
             self._close()
             self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for reads on hits
+            self._inode = os.fstat(self._file.fileno()).st_ino
         if size > self._end:
-            with self._file_lock:  # writers hold it: no half-written line is mistaken for damage
+            with self._process_lock:  # writers hold it: no half-written line is mistaken for damage
                 self._read_tail()
 
     def _read_tail(self) -> None:
         damaged = []
         for offset, line in read_lines(self._file, self._end):
-            complete = line.endswith(b"\n")
-            key = _line_key(line if complete else line + b"\n")
-            if not complete and key is None:  # a writer was killed mid-line; the next append starts a new one
-                damaged.append(self._lines + 1)
+            if not line.endswith(b"\n"):  # unfinished: index it if it is whole, and read it again once it ends
+                if (key := _line_key(line + b"\n")) is not None:
+                    self._index[key] = (offset, len(line))
+                else:  # a writer was killed mid-line; the next append starts a new one
+                    damaged.append(self._lines + 1)
                 break
             self._lines += 1
             self._end += len(line)
-            if key is None:
+            if (key := _line_key(line)) is None:
                 damaged.append(self._lines)
             else:
                 self._index[key] = (offset, len(line))
@@ -386,7 +450,11 @@ class _Config:
 
     def covers(self, host: str) -> bool:
         """Whether `host` is one of `doms` or below one: the host is matched, never a substring of the URL."""
-        return any(host == dom or host.endswith("." + dom) for dom in self.doms)
+        return host in self.doms or host.endswith(self._subdomain_suffixes)
+
+    @functools.cached_property
+    def _subdomain_suffixes(self) -> tuple[str, ...]:
+        return tuple("." + dom for dom in self.doms)
 
     def note(self, outcome: str, request: httpx.Request, key: str = "-", detail: str = "") -> None:
         with self._count_lock:
@@ -443,7 +511,8 @@ class _Config:
 
         if not stream:
             save(response.content)
-            return _replay(entry, request)
+            response.headers = type(response.headers)(headers)  # what a hit will replay; the body is decoded already
+            return response
         module = _module_of(request)
         return module.Response(response.status_code, headers=headers, stream=_Recorder(response, save), request=request)
 

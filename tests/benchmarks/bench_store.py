@@ -1,0 +1,165 @@
+"""Hit and miss cost of cachy as the cache file grows, as ratios to a plain httpx round trip.
+
+Run by hand, not by pytest:  python tests/benchmarks/bench_store.py
+It uses only the public API over an httpx MockTransport upstream, as a user's code would, so the
+same script measures the original (pycachy) when run in a virtual environment that has it instead.
+Every figure is a median over many calls, against a baseline taken in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+import cachy
+from cachy import disable_cachy, enable_cachy
+
+URL = "https://api.openai.com/v1/chat/completions"
+PADDING = "lorem ipsum dolor sit amet " * 36  # makes each response about 1 KB
+IS_ORIGINAL = not hasattr(cachy, "compact_cachy")  # pycachy 0.0.22 has no compaction
+
+
+def question(n: int) -> dict:
+    return {"model": "bench", "messages": [{"role": "user", "content": f"question {n}"}]}
+
+
+def answer(request: httpx.Request) -> httpx.Response:
+    content = json.loads(request.content)["messages"][0]["content"]
+    return httpx.Response(
+        200, json={"id": content, "object": "chat.completion", "text": PADDING[: 1000 - len(content)]}
+    )
+
+
+def client() -> httpx.Client:
+    return httpx.Client(transport=httpx.MockTransport(answer))
+
+
+def timed_us(call, count: int) -> list[float]:
+    """Wall time of each of `count` calls, in microseconds; `call` gets the call's number."""
+    times = []
+    for n in range(count):
+        start = time.perf_counter()
+        call(n)
+        times.append((time.perf_counter() - start) * 1e6)
+    return times
+
+
+def interleaved_medians(kinds: dict, rounds: int = 10) -> dict[str, float]:
+    """Median of each kind of call, measured in alternating rounds so that a noisy moment hits all kinds alike.
+    `kinds` maps a name to (setup, call, count); `call` gets a running number across rounds."""
+    times = {name: [] for name in kinds}
+    for _ in range(rounds):
+        for name, (setup, call, count) in kinds.items():
+            setup()
+            offset = len(times[name])
+            times[name] += timed_us(lambda n, call=call, offset=offset: call(offset + n), max(1, count // rounds))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def rss_mb() -> float:
+    """Resident memory now (Linux), else the peak so far."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def fill(http: httpx.Client, start: int, stop: int) -> None:
+    """Record questions start..stop-1 through cachy (the miss path, as a user's first run would)."""
+    for n in range(start, stop):
+        http.post(URL, json=question(n))
+
+
+def pad_original(folder: Path, count: int) -> None:
+    """The original rewrites its whole file on every miss (3,000 misses take minutes), so its larger files are
+    padded with well-formed entries of other keys, placed before the recorded ones that its scan looks for."""
+    path = folder / "cachy.jsonl"
+    existing = path.read_text()
+    entry = {"response": json.dumps({"id": 0, "text": PADDING}), "headers": {}, "status_code": 200, "binary": False}
+    with path.open("w") as file:
+        file.writelines(json.dumps({"key": f"pad{n:06d}", **entry}) + "\n" for n in range(count))
+        file.write(existing)
+
+
+def cold_start(folder: str, hits: int) -> None:
+    """In a fresh process: the first request after enable_cachy on a cold file, and the memory it takes."""
+    http = client()
+    http.post(URL, json=question(0)).raise_for_status()  # warm up httpx itself, uncached
+    before = rss_mb()
+    start = time.perf_counter()
+    enable_cachy(folder)
+    http.post(URL, json=question(1))
+    first = time.perf_counter() - start
+    for n in range(hits):
+        http.post(URL, json=question(n % 1000))
+    print(json.dumps({"first_request_s": first, "memory_growth_mb": rss_mb() - before}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="cache sizes to measure at")
+    parser.add_argument("--samples", type=int, default=2000, help="calls per median")
+    parser.add_argument("--cold", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cold:
+        return cold_start(args.cold, hits=args.samples)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    http = client()
+    name = "pycachy 0.0.22 (the original)" if IS_ORIGINAL else f"cachy {cachy.__version__}"
+    print(f"{name}, Python {sys.version.split()[0]}, 1 KB responses, medians of {args.samples} calls")
+    print("| entries | plain round trip | hit | hit / plain | miss (record) | miss / plain |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    folder = Path(tempfile.mkdtemp(prefix="cachy-bench-"))
+    entries, asked = 0, 0  # entries in the file; questions asked so far (each new one is a miss)
+    for size in sizes:
+        enable_cachy(folder)
+        if IS_ORIGINAL and entries >= 1000:
+            pad_original(folder, size - entries)
+        else:
+            fill(http, asked, asked + size - entries)
+            asked += size - entries
+        entries, first_asked = size, asked
+        misses = 10 if IS_ORIGINAL else args.samples // 2
+        medians = interleaved_medians(
+            {
+                "plain": (disable_cachy, lambda n: http.post(URL, json=question(n)), args.samples),
+                "hit": (lambda: enable_cachy(folder), lambda n: http.post(URL, json=question(n % 1000)), args.samples),
+                "miss": (
+                    lambda: enable_cachy(folder),
+                    lambda n, first=first_asked: http.post(URL, json=question(first + n)),
+                    misses,
+                ),
+            }
+        )
+        asked, entries = asked + misses, entries + misses
+        plain, hit, miss = medians["plain"], medians["hit"], medians["miss"]
+        print(
+            f"| {size:,} | {plain:.0f} us | {hit:.0f} us | {hit / plain:.2f}x | {miss:.0f} us | {miss / plain:.2f}x |"
+        )
+    disable_cachy()
+    cold = subprocess.run(
+        [sys.executable, __file__, "--cold", str(folder), "--samples", "1000"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(cold.stdout.splitlines()[-1])
+    size_mb = (folder / "cachy.jsonl").stat().st_size / 2**20
+    print(
+        f"\ncold file of {entries:,} entries ({size_mb:.0f} MB): first request after enable_cachy "
+        f"{figures['first_request_s']:.3f} s; memory growth after it and 1,000 hits {figures['memory_growth_mb']:.1f} MB"
+    )
+    print(f"(files left in {folder})")
+
+
+if __name__ == "__main__":
+    main()
