@@ -89,8 +89,8 @@ _BOUNDARY = re.compile(r'boundary="?([^";\s]+)')
 def _normalised_body(request: httpx.Request) -> bytes:
     """The body with what differs between identical calls made constant: the multipart boundary, JSON key order."""
     body = request.content
-    if boundary := _BOUNDARY.search(request.headers.get("content-type", "")):
-        return body.replace(boundary.group(1).encode(), b"cachy-boundary")
+    if body.startswith(b"--") and (boundary := _BOUNDARY.search(request.headers.get("content-type", ""))):
+        return body.replace(boundary.group(1).encode(), b"cachy-boundary")  # multipart bodies start with it
     try:  # any body that parses as JSON, whatever its content-type says
         return _CANONICAL_JSON.encode(json.loads(body)).encode()
     except (ValueError, RecursionError):
@@ -132,6 +132,9 @@ def _line_key(line: bytes) -> str | None:
         return key.decode()
     entry = _parse_entry(line)
     return entry["key"] if entry else None
+
+
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -215,7 +218,8 @@ class Store:
         self.path = path
         self._process_lock = _ProcessLock(path)
         self._mutex = threading.RLock()  # this process's index and read handle
-        self._file: IO[bytes] | None = None
+        self._file: IO[bytes] | None = None  # read handle, and
+        self._writer: int | None = None  # appending descriptor, both on the file with this inode:
         self._inode = 0
         self._index: dict[str, tuple[int, int]] = {}
         self._end = self._lines = 0  # how far the index has read
@@ -241,23 +245,35 @@ class Store:
         """Append `entry` as one whole line, under the cross-process lock, in a single write."""
         line = _ENCODER.encode(entry).encode() + b"\n"
         with self._mutex, self._process_lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+            if self._indexed_to_the_end():  # the usual case: write, and index our own line without reading it back
+                _write_all(self._writer, line)
+                self._index[entry["key"]] = (self._end, len(line))
+                self._end, self._lines = self._end + len(line), self._lines + 1
+                return
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_BINARY, 0o666)
             try:
-                end, inode = (stat := os.fstat(fd)).st_size, stat.st_ino
-                if self._file is not None and (end, inode) == (self._end, self._inode):  # all read: index our line
-                    _write_all(fd, line)
-                    self._index[entry["key"]], self._end, self._lines = (
-                        (end, len(line)),
-                        end + len(line),
-                        self._lines + 1,
-                    )
-                    return
-                if end and (os.lseek(fd, -1, os.SEEK_END), os.read(fd, 1))[1] != b"\n":
+                if os.fstat(fd).st_size and (os.lseek(fd, -1, os.SEEK_END), os.read(fd, 1))[1] != b"\n":
                     line = b"\n" + line  # the last line is unfinished (a writer was killed): start afresh
                 _write_all(fd, line)
             finally:
                 os.close(fd)
             self._sync()
+
+    def _indexed_to_the_end(self) -> bool:
+        """Whether the index has read the whole file at `path`; opens the appending descriptor if so."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        if self._file is None or (stat.st_size, stat.st_ino) != (self._end, self._inode):
+            return False
+        if self._writer is None:
+            writer = os.open(self.path, os.O_WRONLY | os.O_APPEND | _O_BINARY)
+            if os.fstat(writer).st_ino != self._inode:  # replaced just now
+                os.close(writer)
+                return False
+            self._writer = writer
+        return True
 
     def rewrite(self, keep: set[str] | None = None) -> Rewrite:
         """Rewrite the file atomically: last entry per key, damaged lines dropped, sorted by key, mode kept."""
@@ -291,7 +307,9 @@ class Store:
     def _close(self) -> None:
         if self._file:
             self._file.close()
-        self._file, self._index, self._end, self._lines, self._warned = None, {}, 0, 0, set()
+        if self._writer is not None:
+            os.close(self._writer)
+        self._file, self._writer, self._index, self._end, self._lines, self._warned = None, None, {}, 0, 0, set()
 
     def _sync(self) -> None:
         """Index the lines appended since the last look; start over if the file was replaced or shrank."""
@@ -456,6 +474,11 @@ class _Config:
     def _subdomain_suffixes(self) -> tuple[str, ...]:
         return tuple("." + dom for dom in self.doms)
 
+    @functools.cached_property
+    def kept_headers(self) -> tuple[str, ...]:
+        """content-type and the `hdrs`, less those that would be stale once the body is stored decoded."""
+        return tuple(dict.fromkeys(name for name in ("content-type", *self.hdrs) if name not in _NEVER_STORED))
+
     def note(self, outcome: str, request: httpx.Request, key: str = "-", detail: str = "") -> None:
         with self._count_lock:
             setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
@@ -488,11 +511,7 @@ class _Config:
         if not _is_recordable(response.status_code):
             self.note("passed", request, key, f" ({response.status_code}, not recorded)")
             return response
-        headers = {
-            k: v
-            for k, v in response.headers.items()
-            if k == "content-type" or (k in self.hdrs and k not in _NEVER_STORED)
-        }
+        headers = {name: value for name in self.kept_headers if (value := response.headers.get(name)) is not None}
         entry = {
             "key": key,
             "method": request.method,

@@ -139,7 +139,7 @@ def test_the_fixture_and_the_marker_cache_one_test_and_restore_afterwards(pytest
 def test_prune_after_a_complete_green_session_keeps_only_used_entries(pytester, inner):
     inner()
     pytester.runpytest("--cachy").assert_outcomes(passed=2)
-    inner(SESSION_TESTS.replace("def test_two", "def test_three").replace('"two"', '"three"'))
+    inner(SESSION_TESTS.replace("two", "three"))
     result = pytester.runpytest("--cachy", "--cachy-prune")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["cachy: pruned 1 unused entries, kept 2"])
