@@ -92,7 +92,7 @@ def _normalised_body(request: httpx.Request) -> bytes:
     if body.startswith(b"--") and (boundary := _BOUNDARY.search(request.headers.get("content-type", ""))):
         return body.replace(boundary.group(1).encode(), b"cachy-boundary")  # multipart bodies start with it
     try:  # any body that parses as JSON, whatever its content-type says
-        return _CANONICAL_JSON.encode(json.loads(body)).encode()
+        return _CANONICAL_JSON.encode(json.loads(body.decode())).encode()
     except (ValueError, RecursionError):
         return body
 
@@ -108,8 +108,8 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
 def _parse_entry(line: bytes) -> dict | None:
     """The entry on `line`, or None when the line is damaged (truncated, a conflict marker, not an entry)."""
     try:
-        entry = json.loads(line)
-    except ValueError:
+        entry = json.loads(line.decode())
+    except ValueError:  # UnicodeDecodeError included
         return None
     is_entry = isinstance(entry, dict) and isinstance(entry.get("key"), str) and "response" in entry
     return entry if is_entry else None
@@ -143,18 +143,12 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data) :]
 
 
-def read_lines(file: IO[bytes], offset: int = 0) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) for every line of `file` from `offset` on."""
-    file.seek(offset)
-    for line in file:
-        yield offset, line
-        offset += len(line)
-
-
 def scan(file: IO[bytes]) -> Iterator[tuple[int, int, bytes, dict | None]]:
-    """(line number, offset, line, entry or None if damaged) for every line: the full check that compaction and `cachy stats` need."""
-    for number, (offset, line) in enumerate(read_lines(file), 1):
+    """(line number, offset, line, entry or None if damaged) for every line, fully checked: for compaction and stats."""
+    file.seek(offset := 0)
+    for number, line in enumerate(file, 1):
         yield number, offset, line, _parse_entry(line)
+        offset += len(line)
 
 
 if os.name == "nt":
@@ -221,20 +215,19 @@ class Store:
         self._file: IO[bytes] | None = None  # read handle, and
         self._writer: int | None = None  # appending descriptor, both on the file with this inode:
         self._inode = 0
-        self._index: dict[str, tuple[int, int]] = {}
+        self._index: dict[str, int] = {}  # key -> offset of its line; the line is read on a hit
         self._end = self._lines = 0  # how far the index has read
         self._warned: set[int] = set()
 
     def get(self, key: str) -> dict | None:
         """The entry for `key`, looking at what other processes appended before calling it a miss."""
         with self._mutex:
-            if key not in self._index:
+            if key not in self._index and self._file_grew():
                 self._sync()
-            if (position := self._index.get(key)) is None:
+            if (offset := self._index.get(key)) is None:
                 return None
-            offset, length = position
             self._file.seek(offset)
-            line = self._file.read(length)
+            line = self._file.readline()
         if (entry := _parse_entry(line)) is None:
             self._warn([self._line_number(offset)])
             with self._mutex:
@@ -247,7 +240,7 @@ class Store:
         with self._mutex, self._process_lock:
             if self._indexed_to_the_end():  # the usual case: write, and index our own line without reading it back
                 _write_all(self._writer, line)
-                self._index[entry["key"]] = (self._end, len(line))
+                self._index[entry["key"]] = self._end
                 self._end, self._lines = self._end + len(line), self._lines + 1
                 return
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_BINARY, 0o666)
@@ -260,20 +253,18 @@ class Store:
             self._sync()
 
     def _indexed_to_the_end(self) -> bool:
-        """Whether the index has read the whole file at `path`; opens the appending descriptor if so."""
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        if self._file is None or (stat.st_size, stat.st_ino) != (self._end, self._inode):
+        """Whether the index has read all of the file that is at `path`, through the appending descriptor.
+
+        A file replaced or deleted since (compaction, git checkout) has no links left, so no path lookup is needed."""
+        if self._file is None:
             return False
         if self._writer is None:
-            writer = os.open(self.path, os.O_WRONLY | os.O_APPEND | _O_BINARY)
-            if os.fstat(writer).st_ino != self._inode:  # replaced just now
-                os.close(writer)
+            try:
+                self._writer = os.open(self.path, os.O_WRONLY | os.O_APPEND | _O_BINARY)
+            except FileNotFoundError:
                 return False
-            self._writer = writer
-        return True
+        stat = os.fstat(self._writer)
+        return stat.st_nlink > 0 and (stat.st_ino, stat.st_size) == (self._inode, self._end)
 
     def rewrite(self, keep: set[str] | None = None) -> Rewrite:
         """Rewrite the file atomically: last entry per key, damaged lines dropped, sorted by key, mode kept."""
@@ -311,6 +302,10 @@ class Store:
             os.close(self._writer)
         self._file, self._writer, self._index, self._end, self._lines, self._warned = None, None, {}, 0, 0, set()
 
+    def _file_grew(self) -> bool:
+        """The cheap check before a miss: has our file grown? A replaced file is noticed at the next append."""
+        return self._file is None or os.fstat(self._file.fileno()).st_size != self._end
+
     def _sync(self) -> None:
         """Index the lines appended since the last look; start over if the file was replaced or shrank."""
         try:
@@ -326,20 +321,22 @@ class Store:
                 self._read_tail()
 
     def _read_tail(self) -> None:
-        damaged = []
-        for offset, line in read_lines(self._file, self._end):
+        index, damaged, offset, number = self._index, [], self._end, self._lines  # locals: this loop loads the file
+        self._file.seek(offset)
+        for line in self._file:
             if not line.endswith(b"\n"):  # unfinished: index it if it is whole, and read it again once it ends
                 if (key := _line_key(line + b"\n")) is not None:
-                    self._index[key] = (offset, len(line))
+                    index[key] = offset
                 else:  # a writer was killed mid-line; the next append starts a new one
-                    damaged.append(self._lines + 1)
+                    damaged.append(number + 1)
                 break
-            self._lines += 1
-            self._end += len(line)
+            number += 1
             if (key := _line_key(line)) is None:
-                damaged.append(self._lines)
+                damaged.append(number)
             else:
-                self._index[key] = (offset, len(line))
+                index[key] = offset
+            offset += len(line)
+        self._end, self._lines = offset, number
         self._warn(damaged)
 
     def _line_number(self, offset: int) -> int:

@@ -115,7 +115,7 @@ def main() -> None:
     sizes = [int(size) for size in args.sizes.split(",")]
     http = client()
     name = "pycachy 0.0.22 (the original)" if IS_ORIGINAL else f"cachy {cachy.__version__}"
-    print(f"{name}, Python {sys.version.split()[0]}, 1 KB responses, medians of {args.samples} calls")
+    print(f"{name}, Python {sys.version.split()[0]}, 1 KB responses, {args.samples} calls of each kind per size")
     print("| entries | plain round trip | hit | hit / plain | miss (record) | miss / plain |")
     print("|---:|---:|---:|---:|---:|---:|")
     folder = Path(tempfile.mkdtemp(prefix="cachy-bench-"))
