@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -66,11 +67,7 @@ def _body(entry: dict) -> str:
     if "text/event-stream" not in entry["headers"].get("content-type", ""):
         return _pretty(entry["response"])
     events = [event for event in entry["response"].split("\n\n") if event.strip()]
-    shown = []
-    for number, event in enumerate(events, 1):
-        fields = [_pretty(line[6:]) if line.startswith("data: ") else line for line in event.splitlines()]
-        shown.append(f"--- event {number}\n" + "\n".join(fields))
-    return "\n".join(shown)
+    return "\n".join(f"--- event {number}\n{event}" for number, event in enumerate(events, 1))
 
 
 def show(key: str, path: str | None) -> None:
@@ -126,4 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     except _UserError as failure:
         print(f"cachy {args.command}: {failure}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `cachy show KEY | head`: the reader left, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -68,7 +68,7 @@ def test_show_pretty_prints_json_and_splits_events(recorded, capsys):
     assert '{\n  "answer": {\n    "text": "hi"\n  }\n}' in out
     assert main(["show", entries_key(recorded, 2)[:6], "--file", str(recorded.parent)]) == 0
     out = capsys.readouterr().out
-    assert "--- event 1\nevent: message_start\n{\n" in out and "--- event 2" in out
+    assert '--- event 1\nevent: message_start\ndata: {"type": "message_start"}\n--- event 2' in out
     assert main(["show", entries_key(recorded, 3), "--file", str(recorded)]) == 0
     assert "<256 bytes of binary data>" in capsys.readouterr().out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import anthropic
 import httpx
@@ -19,7 +20,7 @@ from google.genai import types
 from helpers import Upstream, entries
 from litellm.llms.custom_httpx.http_handler import HTTPHandler
 
-from cachy import enable_cachy
+from cachy import CachyMiss, enable_cachy
 
 
 def twice(upstream: Upstream, run):
@@ -358,3 +359,38 @@ def test_litellm_openai_provider(cache_dir, openai_upstream):
         return response.choices[0].message.content
 
     assert twice(openai_upstream, run) == "answer 1"
+
+
+# ------------------------------------------------------------------------------ replay misses
+def never_called(request, n):
+    raise AssertionError("replay mode reached the upstream")
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_a_replay_miss_reaches_the_caller_on_the_first_attempt(tmp_path, monkeypatch, sdk):
+    """The SDKs retry any Exception from `send` with backoff, then call it a connection error: CachyMiss
+    must pass through on the first attempt, unwrapped, so CI fails fast and says what to do."""
+    enable_cachy(tmp_path, mode="replay")
+    sends, patched_send = [], httpx2.Client.send
+    monkeypatch.setattr(httpx2.Client, "send", lambda self, *a, **k: sends.append(1) or patched_send(self, *a, **k))
+    client = Upstream(never_called).client(httpx2)
+    if sdk == "openai":
+        call = lambda: openai.OpenAI(api_key="k", http_client=client).chat.completions.create(  # noqa: E731
+            model="gpt-x", messages=MESSAGES
+        )
+        url = "https://api.openai.com/v1/chat/completions"
+    else:
+        call = lambda: anthropic.Anthropic(api_key="k", http_client=client).messages.create(  # noqa: E731
+            model="claude-x", max_tokens=10, messages=MESSAGES
+        )
+        url = "https://api.anthropic.com/v1/messages"
+    with pytest.raises(CachyMiss, match=f"no recorded response for POST {re.escape(url)} .*replay mode"):
+        call()
+    assert sends == [1]  # no retry, so no backoff
+
+
+def test_a_replay_miss_through_an_async_sdk(tmp_path):
+    enable_cachy(tmp_path, mode="replay")
+    client = anthropic.AsyncAnthropic(api_key="k", http_client=Upstream(never_called).async_client(httpx2))
+    with pytest.raises(CachyMiss, match=r"api\.anthropic\.com/v1/messages"):
+        asyncio.run(client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES))

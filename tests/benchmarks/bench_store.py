@@ -81,12 +81,17 @@ def fill(http: httpx.Client, start: int, stop: int) -> None:
 
 def pad_original(folder: Path, count: int) -> None:
     """The original rewrites its whole file on every miss (3,000 misses take minutes), so its larger files are
-    padded with well-formed entries of other keys, placed before the recorded ones that its scan looks for."""
+    padded with well-formed entries of other keys. It keeps its file sorted by response, so the padding's
+    responses start with letters on both sides of the recorded ones' "question", to interleave with them."""
     path = folder / "cachy.jsonl"
     existing = path.read_text()
-    entry = {"response": json.dumps({"id": 0, "text": PADDING}), "headers": {}, "status_code": 200, "binary": False}
     with path.open("w") as file:
-        file.writelines(json.dumps({"key": f"pad{n:06d}", **entry}) + "\n" for n in range(count))
+        for n in range(count):
+            response = json.dumps(
+                {"id": f"{'abcdefghijklmnopqrstuvwxyz'[n % 26]}{n}", "text": PADDING}, separators=(",", ":")
+            )
+            entry = {"key": f"pad{n:06d}", "response": response, "headers": {}, "status_code": 200, "binary": False}
+            file.write(json.dumps(entry) + "\n")
         file.write(existing)
 
 
