@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextvars
 import dataclasses
+import datetime
 import functools
 import hashlib
 import inspect
@@ -353,8 +354,12 @@ _stores: dict[Path, Store] = {}
 
 
 def _store_for(path: Path) -> Store:
-    """One store per file and process, so that re-enabling does not reload the index."""
-    return _stores.setdefault(path.resolve(), Store(path))
+    """One store per file and process, so that re-enabling does not reload the index. The path is made
+    absolute, so that a later change of working directory does not move the cache."""
+    path = path.resolve()
+    if path not in _stores:
+        _stores[path] = Store(path)
+    return _stores[path]
 
 
 # ------------------------------------------------------------------------------ what cachy does
@@ -390,6 +395,7 @@ def _replay(entry: dict, request: httpx.Request) -> httpx.Response:
         entry["status_code"], headers=entry["headers"], stream=module.ByteStream(body), request=request
     )
     response.read()
+    response.elapsed = datetime.timedelta(0)  # as a live response has once read; some code logs it
     return response
 
 
@@ -593,10 +599,14 @@ def _unpatch() -> None:
 
 
 # ----------------------------------------------------------------------------------- public API
-def _host_names(value: Iterable[str] | None, name: str) -> tuple[str, ...]:
+def _names(value: Iterable[str] | None, argument: str) -> tuple[str, ...]:
+    """Host or header names, lower-cased; a single string is the usual slip, and would be read letter by letter."""
     if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} takes a tuple or list of names, not a single string: write {name}=({value!r},)")
-    return tuple(item.lower() for item in value or ())
+        raise TypeError(f"{argument} takes a tuple or list of names, not a string: write {argument}=({value!r},)")
+    names = tuple(value or ())
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError(f"{argument} takes names as strings, got {names!r}")
+    return tuple(name.lower() for name in names)
 
 
 def default_cache_dir() -> Path:
@@ -616,15 +626,16 @@ def enable_cachy(
     `hdrs` names response headers to keep besides content-type (Gemini uploads need two). `mode` is
     "record" (default), "replay" (a miss raises CachyMiss) or "refresh"; `CACHY_MODE` sets the default."""
     global _config
+    source = "mode" if mode else "CACHY_MODE"
     mode = mode or os.environ.get("CACHY_MODE") or "record"
     if mode not in MODES:
-        raise ValueError(f"unknown cachy mode {mode!r}: use one of {', '.join(MODES)}")
+        raise ValueError(f"unknown cachy mode {mode!r} (from {source}): use one of {', '.join(MODES)}")
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if folder.is_file():
         raise NotADirectoryError(f"cache_dir {folder} is a file: give the folder that holds (or will hold) cachy.jsonl")
     folder.mkdir(parents=True, exist_ok=True)
     store = _store_for(folder / "cachy.jsonl")
-    _config = _Config(store, _host_names(doms, "doms"), frozenset(_host_names(hdrs, "hdrs")), mode, debug)
+    _config = _Config(store, _names(doms, "doms"), frozenset(_names(hdrs, "hdrs")), mode, debug)
     _patch()
 
 
@@ -652,10 +663,10 @@ def cachy_stats() -> Stats:
 
 
 def compact_cachy(path: str | os.PathLike | None = None, keep: set[str] | None = None) -> Rewrite:
-    """Rewrite a cache file deduplicated (last wins), without damaged lines, sorted by key, atomically.
-
-    With `keep`, entries whose key is not in it are dropped too."""
-    return _store_for(Path(path) if path is not None else default_cache_dir() / "cachy.jsonl").rewrite(keep)
+    """Rewrite a cache file (or the one in a folder) deduplicated (last wins), without damaged lines,
+    sorted by key, atomically. With `keep`, entries whose key is not in it are dropped too."""
+    file = Path(path) if path is not None else default_cache_dir()
+    return _store_for(file / "cachy.jsonl" if file.is_dir() else file).rewrite(keep)
 
 
 def prune_cachy() -> Rewrite:

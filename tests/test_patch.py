@@ -80,6 +80,7 @@ def test_replay_is_the_same_modules_response_with_request_and_no_stale_headers(c
         assert not {"content-encoding", "content-length", "transfer-encoding"} & set(response.headers)
         response.raise_for_status()
     assert dict(replayed.headers) == dict(live.headers) == {"content-type": "application/json"}
+    assert replayed.elapsed.total_seconds() == 0  # code that logs it works on a replay too
 
 
 def test_errors_are_passed_on_and_not_recorded(cache_dir):
@@ -196,6 +197,25 @@ def test_wrong_arguments_are_clear_errors(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(NotADirectoryError, match=r"cache_dir .*file is a file"):
         enable_cachy(tmp_path / "file")
+    with pytest.raises(TypeError, match="hdrs takes names as strings"):
+        enable_cachy(tmp_path, hdrs=[b"x-goog-upload-url"])
+
+
+def test_an_unknown_cachy_mode_names_its_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("CACHY_MODE", "replya")
+    with pytest.raises(ValueError, match=r"'replya' \(from CACHY_MODE\): use one of record, replay, refresh"):
+        enable_cachy(tmp_path)
+
+
+def test_a_relative_cache_dir_stays_put_when_the_working_directory_changes(tmp_path, monkeypatch, upstream):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    enable_cachy(".")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    upstream.client().post(CHAT, json={})
+    upstream.client().post(CHAT, json={})
+    assert upstream.calls == 1
+    assert len(entries(tmp_path)) == 1 and not (tmp_path / "elsewhere" / "cachy.jsonl").exists()
 
 
 # ---------------------------------------------------------------------------------------- modes
