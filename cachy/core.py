@@ -83,7 +83,7 @@ def public_url(url: httpx.URL) -> str:
     return str(url)
 
 
-_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
 _BOUNDARY = re.compile(r'boundary="?([^";\s]+)')
 
 
@@ -100,7 +100,11 @@ def _normalised_body(request: httpx.Request) -> bytes:
 
 def request_key(request: httpx.Request, stream: bool = False) -> str:
     """Hash of method, public URL, stream flag and normalised body. Headers stay out, so a rotated API key still hits."""
-    digest = hashlib.sha256(f"{request.method}\n{public_url(request.url)}\n{int(stream)}\n".encode())
+    return _key(request, public_url(request.url), stream)
+
+
+def _key(request: httpx.Request, url: str, stream: bool) -> str:
+    digest = hashlib.sha256(f"{request.method}\n{url}\n{int(stream)}\n".encode())
     digest.update(_normalised_body(request))
     return digest.hexdigest()[:KEY_CHARS]
 
@@ -116,7 +120,7 @@ def _parse_entry(line: bytes) -> dict | None:
     return entry if is_entry else None
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False)  # readable diffs; made once, as json.dumps would for each call
+_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)  # readable diffs; made once
 _KEY_START = b'{"key": "'
 _KEY_END = len(_KEY_START) + KEY_CHARS
 
@@ -493,35 +497,31 @@ class _Config:
                 file=sys.stderr,
             )
 
-    def lookup(self, request: httpx.Request, stream: bool) -> tuple[str, httpx.Response | None]:
-        """The key, and the recorded response when there is one; in replay mode a miss raises CachyMiss."""
-        key = request_key(request, stream)
+    def lookup(self, request: httpx.Request, stream: bool) -> tuple[dict, httpx.Response | None]:
+        """The recorded response when there is one, and the start of the entry that records it otherwise.
+        In replay mode a miss raises CachyMiss."""
+        url = public_url(request.url)
+        key = _key(request, url, stream)
         entry = None if self.mode == "refresh" else self.store.get(key)
         if entry is not None:
             self.note("hits", request, key)
-            return key, _replay(entry, request)
+            return entry, _replay(entry, request)
         if self.mode == "replay":
             self.note("replay_misses", request, key)
             raise CachyMiss(
-                f"cachy: no recorded response for {request.method} {public_url(request.url)} (key {key}) "
-                f"in {self.store.path}, and cachy is in replay mode. Record it by running once with API keys "
-                'in record mode (CACHY_MODE=record, or enable_cachy(mode="record")), then commit the file.'
+                f"cachy: no recorded response for {request.method} {url} (key {key}) in {self.store.path}, "
+                "and cachy is in replay mode. Record it by running once with API keys in record mode "
+                '(CACHY_MODE=record, or enable_cachy(mode="record")), then commit the file.'
             )
-        return key, None
+        return {"key": key, "method": request.method, "url": url}, None
 
-    def record(self, key: str, request: httpx.Request, response: httpx.Response, stream: bool) -> httpx.Response:
+    def record(self, entry: dict, request: httpx.Request, response: httpx.Response, stream: bool) -> httpx.Response:
         """Store a live response, and answer with exactly what a later hit will replay."""
         if not _is_recordable(response.status_code):
-            self.note("passed", request, key, f" ({response.status_code}, not recorded)")
+            self.note("passed", request, entry["key"], f" ({response.status_code}, not recorded)")
             return response
         headers = {name: value for name in self.kept_headers if (value := response.headers.get(name)) is not None}
-        entry = {
-            "key": key,
-            "method": request.method,
-            "url": public_url(request.url),
-            "status_code": response.status_code,
-            "headers": headers,
-        }
+        entry.update(status_code=response.status_code, headers=headers)
 
         def save(body: bytes) -> None:
             try:
@@ -529,7 +529,7 @@ class _Config:
             except UnicodeDecodeError:  # audio, images, other encodings: stored losslessly
                 entry.update(response=base64.b64encode(body).decode(), binary=True)
             self.store.append(entry)
-            self.note("recorded", request, key)
+            self.note("recorded", request, entry["key"])
 
         if not stream:
             save(response.content)
@@ -561,10 +561,10 @@ def _patched_sync(original: Callable) -> Callable:
         if (config := _route(request)) is None:
             return original(self, request, **kwargs)
         request.read()  # a multipart upload is not read yet; reading keeps it sendable
-        key, cached = config.lookup(request, stream := bool(kwargs.get("stream")))
+        entry, cached = config.lookup(request, stream := bool(kwargs.get("stream")))
         if cached is not None:
             return cached
-        return config.record(key, request, original(self, request, **kwargs), stream)
+        return config.record(entry, request, original(self, request, **kwargs), stream)
 
     return send
 
@@ -575,10 +575,10 @@ def _patched_async(original: Callable) -> Callable:
         if (config := _route(request)) is None:
             return await original(self, request, **kwargs)
         await request.aread()
-        key, cached = config.lookup(request, stream := bool(kwargs.get("stream")))
+        entry, cached = config.lookup(request, stream := bool(kwargs.get("stream")))
         if cached is not None:
             return cached
-        return config.record(key, request, await original(self, request, **kwargs), stream)
+        return config.record(entry, request, await original(self, request, **kwargs), stream)
 
     return send
 
