@@ -3,8 +3,8 @@
 Run by hand, not by pytest:  python tests/benchmarks/bench_store.py
 It uses only the public API over an httpx MockTransport upstream, as a user's code would, so the
 same script measures the original (pycachy) when run in a virtual environment that has it instead.
-Every time is a median over many calls, measured in alternating rounds with a plain round trip (the
-baseline) so that a noisy moment on a shared machine weighs on all of them alike."""
+Times are medians over many calls. Plain round trips (the baseline), hits and misses alternate in 40 short
+rounds, and each ratio is the median over the rounds of the ratio to the baseline measured in that round."""
 
 from __future__ import annotations
 
@@ -54,16 +54,22 @@ def timed_us(call, count: int) -> list[float]:
     return times
 
 
-def interleaved_medians(kinds: dict, rounds: int = 10) -> dict[str, float]:
-    """Median of each kind of call, measured in alternating rounds so that a noisy moment hits all kinds alike.
+def interleaved(kinds: dict, rounds: int = 40) -> dict[str, tuple[float, float]]:
+    """Per kind of call: its median time, and the median over rounds of its ratio to the first kind's median in
+    the same round. Kinds alternate in short rounds, so a noisy moment on a shared machine weighs on all alike.
     `kinds` maps a name to (setup, call, count); `call` gets a running number across rounds."""
-    times = {name: [] for name in kinds}
+    times, ratios = {name: [] for name in kinds}, {name: [] for name in kinds}
     for _ in range(rounds):
+        medians = {}
         for name, (setup, call, count) in kinds.items():
             setup()
             offset = len(times[name])
-            times[name] += timed_us(lambda n, call=call, offset=offset: call(offset + n), max(1, count // rounds))
-    return {name: statistics.median(values) for name, values in times.items()}
+            batch = timed_us(lambda n, call=call, offset=offset: call(offset + n), max(1, count // rounds))
+            times[name] += batch
+            medians[name] = statistics.median(batch)
+        for name, median in medians.items():
+            ratios[name].append(median / next(iter(medians.values())))
+    return {name: (statistics.median(times[name]), statistics.median(ratios[name])) for name in kinds}
 
 
 def rss_mb() -> float:
@@ -134,8 +140,8 @@ def main() -> None:
             fill(http, asked, asked + size - entries)
             asked += size - entries
         entries, first_asked = size, asked
-        misses = 10 if IS_ORIGINAL else args.samples // 2
-        medians = interleaved_medians(
+        misses = 40 if IS_ORIGINAL else args.samples // 2
+        figures = interleaved(
             {
                 "plain": (disable_cachy, lambda n: http.post(URL, json=question(n)), args.samples),
                 "hit": (lambda: enable_cachy(folder), lambda n: http.post(URL, json=question(n % 1000)), args.samples),
@@ -147,10 +153,8 @@ def main() -> None:
             }
         )
         asked, entries = asked + misses, entries + misses
-        plain, hit, miss = medians["plain"], medians["hit"], medians["miss"]
-        print(
-            f"| {size:,} | {plain:.0f} us | {hit:.0f} us | {hit / plain:.2f}x | {miss:.0f} us | {miss / plain:.2f}x |"
-        )
+        (plain, _), (hit, hit_ratio), (miss, miss_ratio) = figures["plain"], figures["hit"], figures["miss"]
+        print(f"| {size:,} | {plain:.0f} us | {hit:.0f} us | {hit_ratio:.2f}x | {miss:.0f} us | {miss_ratio:.2f}x |")
     disable_cachy()
     cold = subprocess.run(
         [sys.executable, __file__, "--cold", str(folder), "--samples", str(min(args.samples, 1000))],
