@@ -71,6 +71,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.1f} ms"
+
+
 def _outcome(before: int) -> str:
     return "hit" if cachy_stats().hits > before else "miss, recorded"
 
@@ -85,14 +89,14 @@ def run(delay: float = 0.5) -> Path:
         for attempt in (1, 2):
             hits, start = cachy_stats().hits, time.perf_counter()
             answer = client.post("/v1/chat/completions", json=question).json()["choices"][0]["message"]["content"]
-            print(f"call {attempt}:   {_outcome(hits):<15} {time.perf_counter() - start:6.3f} s  {answer!r}")
+            print(f"call {attempt}:   {_outcome(hits):<15} {_ms(time.perf_counter() - start)}  {answer!r}")
         for attempt in (1, 2):
             hits, start, first = cachy_stats().hits, time.perf_counter(), None
             with client.stream("POST", "/v1/chat/completions", json={**question, "stream": True}) as response:
                 for _ in response.iter_bytes():
                     first = first or time.perf_counter() - start
             total = time.perf_counter() - start
-            print(f"stream {attempt}: {_outcome(hits):<15} {total:6.3f} s  (first bytes after {first:.3f} s)")
+            print(f"stream {attempt}: {_outcome(hits):<15} {_ms(total)}  (first bytes after {_ms(first).strip()})")
         print(f"{cachy_stats()}; the provider was called {provider.calls} times.")
         disable_cachy()
     print(f"The cache file is {folder / 'cachy.jsonl'}")

@@ -6,6 +6,8 @@ import asyncio
 import gzip
 import json
 import os
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -406,3 +408,23 @@ def test_prune_refuses_what_would_lose_entries(tmp_path, upstream, monkeypatch):
     with pytest.raises(RuntimeError, match=r"gw1.*--cachy-prune"):
         prune_cachy()
     assert len(entries(tmp_path)) == 1
+
+
+def test_without_httpx2_installed_httpx_alone_is_patched(tmp_path):
+    script = f"""
+import sys
+sys.modules["httpx2"] = None  # as if it were not installed (it needs Python 3.11; cachy runs on 3.10)
+import httpx
+from cachy import core, disable_cachy, enable_cachy
+assert core.httpx2 is None
+original = httpx.Client.send
+enable_cachy({str(tmp_path)!r})
+client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json={{"live": True}})))
+with client.stream("POST", "{CHAT}", json={{}}) as response:
+    response.read()
+assert client.post("{CHAT}", json={{}}).json() == {{"live": True}}
+disable_cachy()
+assert httpx.Client.send is original
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert len(entries(tmp_path)) == 2
