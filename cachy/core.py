@@ -56,7 +56,7 @@ doms: tuple[str, ...] = (
     "api.moonshot.cn",
 )
 MODES = ("record", "replay", "refresh")
-KEY_CHARS = 16  # 64 bits: even 100k entries have a ~3e-10 chance of any two keys colliding
+KEY_CHARS = 16  # 64 bits: 100k entries have a ~3e-10 chance of any two keys colliding
 _SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "access_token"})
 _NEVER_STORED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 _LABELS = {"hits": "hit", "recorded": "recorded", "passed": "passed", "replay_misses": "replay miss"}
