@@ -185,19 +185,19 @@ class _ProcessLock:
 
     def __init__(self, path: Path):
         digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-        self._path, self._fd, self._depth = Path(tempfile.gettempdir()) / f"cachy-{digest}.lock", None, 0
+        self._path, self.fd, self._depth = Path(tempfile.gettempdir()) / f"cachy-{digest}.lock", None, 0
 
     def __enter__(self) -> None:
         if self._depth == 0:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o666)
-            _lock(self._fd)
+            if self.fd is None:
+                self.fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o666)
+            _lock(self.fd)
         self._depth += 1
 
     def __exit__(self, *exc_info) -> None:
         self._depth -= 1
         if self._depth == 0:
-            _unlock(self._fd)
+            _unlock(self.fd)
 
 
 @dataclass
@@ -233,10 +233,12 @@ class Store:
                 return None
             self._file.seek(offset)
             line = self._file.readline()
-        if (entry := _parse_entry(line)) is None:
-            self._warn([self._line_number(offset)])
+        if (entry := _parse_entry(line)) is None or entry["key"] != key:  # damaged, or the index went stale
+            if entry is None:
+                self._warn([self._line_number(offset)])
             with self._mutex:
                 self._index.pop(key, None)
+            return None
         return entry
 
     def append(self, entry: dict) -> None:
@@ -307,6 +309,13 @@ class Store:
             os.close(self._writer)
         self._file, self._writer, self._index, self._end, self._lines, self._warned = None, None, {}, 0, 0, set()
 
+    def reopen_in_child(self) -> None:
+        """After a fork: close what is shared with the parent (closing does not touch the parent's), start afresh."""
+        self._close()
+        if self._process_lock.fd is not None:
+            os.close(self._process_lock.fd)
+        self._mutex, self._process_lock = threading.RLock(), _ProcessLock(self.path)
+
     def _file_grew(self) -> bool:
         """The cheap check before a miss: has our file grown? A replaced file is noticed at the next append."""
         return self._file is None or os.fstat(self._file.fileno()).st_size != self._end
@@ -355,6 +364,16 @@ class Store:
 
 
 _stores: dict[Path, Store] = {}
+
+
+def _give_forked_child_its_own_files() -> None:
+    """A forked child would share its parent's file offsets and lock: every store starts afresh in it."""
+    for store in _stores.values():
+        store.reopen_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_give_forked_child_its_own_files)
 
 
 def _store_for(path: Path) -> Store:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -78,3 +80,38 @@ def test_a_writer_killed_mid_recording_leaves_a_file_that_loads(tmp_path):
     later = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json={"after": 1})))
     later.post(CHAT, json={"after": "the kill"})
     assert (tmp_path / "cachy.jsonl").read_text().splitlines()[-1].endswith('"response": "{\\"after\\":1}"}')
+
+
+def record_then_replay(folder, process: int, count: int = 50) -> None:
+    """In a forked child: record `count` questions, then check that each replays its own answer."""
+    calls = []
+
+    def upstream(request):
+        calls.append(request)
+        return httpx.Response(200, json={"answer to": json.loads(request.content)})
+
+    client = httpx.Client(transport=httpx.MockTransport(upstream))
+    questions = [{"process": process, "n": n} for n in range(count)]
+    for question in questions:
+        client.post(CHAT, json=question)
+    for question in questions:
+        assert client.post(CHAT, json=question).json() == {"answer to": question}
+    assert len(calls) == count, "a replay went to the upstream"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork exists on POSIX only")
+def test_forked_children_keep_their_own_offsets_and_lock(tmp_path):
+    enable_cachy(tmp_path)
+    record_then_replay(tmp_path, process=-1, count=5)  # the parent's index and descriptors exist before the fork
+    fork = multiprocessing.get_context("fork")
+    children = [fork.Process(target=record_then_replay, args=(tmp_path, p)) for p in range(4)]
+    for child in children:
+        child.start()
+    record_then_replay(tmp_path, process=99)  # the parent works on while its children do
+    for child in children:
+        child.join(timeout=60)
+    assert [child.exitcode for child in children] == [0] * 4
+    lines = [json.loads(line) for line in (tmp_path / "cachy.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 + 4 * 50 + 50
+    assert len({line["key"] for line in lines}) == len(lines)
