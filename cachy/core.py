@@ -278,27 +278,26 @@ class Store:
         with self._mutex, self._process_lock:
             if not self.path.exists():
                 return Rewrite(kept=0, duplicates=0, damaged=[])
+            self._close()  # Windows cannot replace a file that is open
             latest, damaged, count = {}, [], 0
-            with open(self.path, "rb") as source:
-                for number, offset, line, entry in scan(source):
-                    if entry is None:
-                        damaged.append(number)
-                        continue
-                    count += 1
-                    latest[entry["key"]] = (offset, len(line))
-                kept = sorted(key for key in latest if keep is None or key in keep)
-                fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".cachy-", suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "wb") as target:
-                        for key in kept:
-                            source.seek(latest[key][0])
-                            target.write(source.read(latest[key][1]).rstrip(b"\n") + b"\n")
-                    shutil.copymode(self.path, temp)
-                    os.replace(temp, self.path)
-                except BaseException:
-                    os.unlink(temp)
-                    raise
-            self._close()
+            fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".cachy-", suffix=".tmp")
+            try:
+                with open(self.path, "rb") as source, os.fdopen(fd, "wb") as target:
+                    for number, offset, line, entry in scan(source):
+                        if entry is None:
+                            damaged.append(number)
+                            continue
+                        count += 1
+                        latest[entry["key"]] = (offset, len(line))
+                    kept = sorted(key for key in latest if keep is None or key in keep)
+                    for key in kept:
+                        source.seek(latest[key][0])
+                        target.write(source.read(latest[key][1]).rstrip(b"\n") + b"\n")
+                shutil.copymode(self.path, temp)
+                os.replace(temp, self.path)
+            except BaseException:
+                os.unlink(temp)
+                raise
             self._sync()
         return Rewrite(kept=len(kept), duplicates=count - len(latest), damaged=damaged, pruned=len(latest) - len(kept))
 

@@ -428,3 +428,13 @@ assert httpx.Client.send is original
 """
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert len(entries(tmp_path)) == 2
+
+
+def test_headers_that_would_be_stale_are_never_stored_even_when_named(tmp_path):
+    enable_cachy(tmp_path, hdrs=["Content-Encoding", "content-length", "X-Request-Id"])
+    body = b'{"a": 1}'
+    headers = {"content-type": "application/json", "content-encoding": "gzip", "x-request-id": "req_1"}
+    upstream = Upstream(lambda request, n: (200, headers, gzip.compress(body)))
+    client = upstream.client()
+    assert client.post(CHAT, json={}).content == client.post(CHAT, json={}).content == body
+    assert entries(tmp_path)[0]["headers"] == {"content-type": "application/json", "x-request-id": "req_1"}
