@@ -399,11 +399,6 @@ class Stats:
         return f"{self.hits} hits, {self.recorded} recorded, {self.passed} passed through, {self.replay_misses} replay misses"
 
 
-def _is_recordable(status: int) -> bool:
-    """2xx, and 4xx that the request itself causes; never 5xx, or failures of credentials or load."""
-    return 200 <= status < 300 or (400 <= status < 500 and status not in _NOT_RECORDED_4XX)
-
-
 def _module_of(request: httpx.Request) -> Any:
     """httpx or httpx2, whichever `request` belongs to, so the answer is of the kind the SDK expects."""
     return httpx2 if httpx2 is not None and isinstance(request, httpx2.Request) else httpx
@@ -535,11 +530,12 @@ class _Config:
 
     def record(self, entry: dict, request: httpx.Request, response: httpx.Response, stream: bool) -> httpx.Response:
         """Store a live response, and answer with exactly what a later hit will replay."""
-        if not _is_recordable(response.status_code):
-            self.note("passed", request, entry["key"], f" ({response.status_code}, not recorded)")
+        status = response.status_code  # 2xx and the 4xx the request itself causes; never 5xx, credentials or load
+        if not (200 <= status < 300 or (400 <= status < 500 and status not in _NOT_RECORDED_4XX)):
+            self.note("passed", request, entry["key"], f" ({status}, not recorded)")
             return response
         headers = {name: value for name in self.kept_headers if (value := response.headers.get(name)) is not None}
-        entry.update(status_code=response.status_code, headers=headers)
+        entry.update(status_code=status, headers=headers)
 
         def save(body: bytes) -> None:
             try:
@@ -554,7 +550,7 @@ class _Config:
             response.headers = type(response.headers)(headers)  # what a hit will replay; the body is decoded already
             return response
         module = _module_of(request)
-        return module.Response(response.status_code, headers=headers, stream=_Recorder(response, save), request=request)
+        return module.Response(status, headers=headers, stream=_Recorder(response, save), request=request)
 
 
 # ---------------------------------------------------------------------------------- the patches
