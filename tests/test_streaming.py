@@ -140,3 +140,52 @@ def test_an_async_stream_closed_early_is_completed_and_one_that_breaks_is_not(ca
     assert entries(cache_dir) == []
     asyncio.run(first_chunk_then_close(Upstream(httpx2)))
     assert entries(cache_dir)[0]["response"] == b"".join(EVENTS).decode()
+
+
+def test_over_a_real_socket_the_first_event_arrives_while_the_server_is_still_sending(tmp_path):
+    """A server on 127.0.0.1 sends one event, then waits until the client has read it before it sends the
+    rest: if cachy buffered the stream on a miss, the client would read nothing until the server gave up."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cachy import enable_cachy
+
+    client_has_first_event = threading.Event()
+    waited = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for number, event in enumerate(EVENTS):
+                if number == 1:
+                    waited.append(client_has_first_event.wait(timeout=5))
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    enable_cachy(tmp_path, doms=("127.0.0.1",))
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/messages"
+    try:
+        with httpx.Client() as client:
+            for _ in range(2):  # a miss, then a hit
+                with client.stream("POST", url, json={"stream": True}) as response:
+                    received = []
+                    for chunk in response.iter_bytes():
+                        received.append(chunk)
+                        client_has_first_event.set()
+                assert b"".join(received) == b"".join(EVENTS)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert waited == [True]  # the server was asked once, and the client had the first event before it went on
