@@ -66,8 +66,8 @@ _NOT_RECORDED_4XX = frozenset({401, 403, 408, 429})  # depend on credentials or 
 class CachyMiss(BaseException):
     """Replay mode found no recorded response for a request.
 
-    Like pytest's own outcomes it derives from BaseException: the SDKs retry, then re-wrap as a
-    "connection error", every Exception raised inside `send`, and this one must reach you at once."""
+    Like pytest's own outcomes it derives from BaseException: SDKs (anthropic, for one) retry, then re-wrap
+    as a "connection error", an Exception raised inside `send`, and this one must reach you at once."""
 
 
 class CachyWarning(UserWarning):

@@ -368,7 +368,7 @@ def never_called(request, n):
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 def test_a_replay_miss_reaches_the_caller_on_the_first_attempt(tmp_path, monkeypatch, sdk):
-    """The SDKs retry any Exception from `send` with backoff, then call it a connection error: CachyMiss
+    """SDKs retry an Exception from `send` with backoff, then call it a connection error: CachyMiss
     must pass through on the first attempt, unwrapped, so CI fails fast and says what to do."""
     enable_cachy(tmp_path, mode="replay")
     sends, patched_send = [], httpx2.Client.send
@@ -387,6 +387,22 @@ def test_a_replay_miss_reaches_the_caller_on_the_first_attempt(tmp_path, monkeyp
     with pytest.raises(CachyMiss, match=f"no recorded response for POST {re.escape(url)} .*replay mode"):
         call()
     assert sends == [1]  # no retry, so no backoff
+
+
+def test_why_cachy_miss_is_no_plain_exception(monkeypatch):
+    """What anthropic does with a plain Exception raised inside `send`: retries with backoff, then hides it."""
+    sleeps = []
+    monkeypatch.setattr(anthropic._base_client.time, "sleep", sleeps.append)
+    calls = []
+
+    def broken(request):
+        calls.append(request)
+        raise RuntimeError("a plain exception in send")
+
+    client = anthropic.Anthropic(api_key="k", http_client=httpx2.Client(transport=httpx2.MockTransport(broken)))
+    with pytest.raises(anthropic.APIConnectionError, match="Connection error"):
+        client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES)
+    assert (len(calls), len(sleeps)) == (3, 2)
 
 
 def test_a_replay_miss_through_an_async_sdk(tmp_path):
