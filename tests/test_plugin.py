@@ -169,6 +169,7 @@ def test_prune_refuses_a_partial_run(pytester, inner, args, tests, reason):
     assert (pytester.path / "cachy.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_prune_under_xdist_merges_every_workers_keys(pytester, inner):
     tests = "\n".join(f"def test_{n}():\n    ask('{n}')\n" for n in ("a", "b", "c", "d"))
     inner(tests)
@@ -185,6 +186,7 @@ def test_prune_under_xdist_merges_every_workers_keys(pytester, inner):
     assert answers == {f"answer to {n}" for n in "abce"}
 
 
+@pytest.mark.slow
 def test_prune_cachy_inside_an_xdist_worker_refuses(pytester, inner):
     inner(
         """
