@@ -85,6 +85,33 @@ def test_replay_is_the_same_modules_response_with_request_and_no_stale_headers(c
     assert replayed.elapsed.total_seconds() == 0  # code that logs it works on a replay too
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["content-given", "read"])
+@pytest.mark.parametrize("module", [httpx, httpx2])
+def test_a_replay_reads_alike_whether_its_bytes_are_given_or_read(cache_dir, monkeypatch, module, direct):
+    """Hits hand the stored bytes to the response directly where httpx allows it, else call read(): both must
+    look to the caller like a live response, streamed or not, sync or async."""
+    monkeypatch.setitem(core._TAKES_CONTENT, module, direct)
+    body = b"data: 1\n\ndata: 2\n\n"
+    upstream = Upstream(lambda request, n: (200, {"content-type": "text/event-stream"}, body))
+    client = upstream.client(module)
+    for _ in range(2):
+        response = client.post(CHAT, json={})
+        assert response.content == response.read() == body
+        assert list(response.iter_lines()) == ["data: 1", "", "data: 2", ""]
+        with client.stream("POST", CHAT, json={}) as response:
+            assert b"".join(response.iter_bytes()) == body
+
+    async def streamed():
+        async with (
+            upstream.async_client(module) as async_client,
+            async_client.stream("POST", CHAT, json={}) as response,
+        ):
+            return b"".join([chunk async for chunk in response.aiter_bytes()])
+
+    assert asyncio.run(streamed()) == body
+    assert upstream.calls == 2
+
+
 def test_errors_are_passed_on_and_not_recorded(cache_dir):
     statuses = iter([500, 429, 401, 200])
     upstream = Upstream(lambda request, n: (next(statuses), {"retry-after": "1"}, b'{"error": "x"}'))

@@ -141,10 +141,20 @@ def main() -> None:
             asked += size - entries
         entries, first_asked = size, asked
         misses = 40 if IS_ORIGINAL else args.samples // 2
+        recorded = 1000 if IS_ORIGINAL else size  # the original's larger files are padding beyond its first 1,000
+
+        def spread(n: int, recorded: int = recorded) -> int:
+            """Hits all over the file, not only at its start."""
+            return n * 7919 % recorded
+
         figures = interleaved(
             {
                 "plain": (disable_cachy, lambda n: http.post(URL, json=question(n)), args.samples),
-                "hit": (lambda: enable_cachy(folder), lambda n: http.post(URL, json=question(n % 1000)), args.samples),
+                "hit": (
+                    lambda: enable_cachy(folder),
+                    lambda n, spread=spread: http.post(URL, json=question(spread(n))),
+                    args.samples,
+                ),
                 "miss": (
                     lambda: enable_cachy(folder),
                     lambda n, first=first_asked: http.post(URL, json=question(first + n)),
