@@ -233,11 +233,14 @@ class Store:
                 return None
             self._file.seek(offset)
             line = self._file.readline()
-        if (entry := _parse_entry(line)) is None or entry["key"] != key:  # damaged, or the index went stale
-            if entry is None:
-                self._warn([self._line_number(offset)])
+        if (entry := _parse_entry(line)) is None:
+            self._warn([self._line_number(offset)])
             with self._mutex:
                 self._index.pop(key, None)
+            return None
+        if entry["key"] != key:  # the file changed under the index (rewritten in place): reload at the next look
+            with self._mutex:
+                self._close()
             return None
         return entry
 

@@ -40,8 +40,9 @@ class CachySession:
         return {"cache_dir": self.folder, "mode": self.config.getoption("cachy_mode"), **overrides}
 
     def add(self, part: Stats) -> None:
-        for field in ("hits", "recorded", "passed", "replay_misses"):
-            setattr(self.total, field, getattr(self.total, field) + getattr(part, field))
+        for field in dataclasses.fields(Stats):
+            if field.name != "used":
+                setattr(self.total, field.name, getattr(self.total, field.name) + getattr(part, field.name))
         self.total.used |= set(part.used)
 
     def pytest_sessionstart(self) -> None:

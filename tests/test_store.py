@@ -91,6 +91,16 @@ def test_the_index_follows_a_file_replaced_by_another_process(tmp_path, upstream
     assert ask(upstream, 2) == 2
 
 
+def test_a_file_rewritten_in_place_never_answers_with_another_requests_line(tmp_path, upstream):
+    lines = record(tmp_path, upstream, range(60))  # more than the read buffer holds
+    enable_cachy(tmp_path)
+    assert ask(upstream, 59) == 60  # the index is loaded, and the read buffer is at the file's end
+    swapped = [*lines[:10], lines[11], lines[10], *lines[12:]]  # questions 10 and 11: lines of equal length
+    (tmp_path / "cachy.jsonl").write_text("".join(swapped))  # in place: same inode, same size
+    assert ask(upstream, 10) == 61  # the line at 10's offset is 11's now: a miss, never 11's answer
+    assert [ask(upstream, n) for n in (10, 11)] == [61, 12]  # reloaded: both hit, the newer answer to 10 wins
+
+
 # ------------------------------------------------------------------------------------ damage
 def damage_cases(lines: list[str]) -> dict[str, tuple[str, list[int]]]:
     """File contents with each kind of damage, and the line numbers the warning must name."""
