@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import demo
-from .core import compact_cachy, default_cache_dir, scan
+from .core import _slot, compact_cachy, default_cache_dir, scan_file
 
 
 class _UserError(Exception):
@@ -33,16 +33,15 @@ def stats(path: str | None) -> None:
     file = _cache_file(path)
     keys, damaged, endpoints = Counter(), [], Counter()
     size_by_endpoint = Counter()
-    with open(file, "rb") as lines:
-        for number, _, line, entry in scan(lines):
-            if entry is None:
-                damaged.append(number)
-                continue
-            keys[entry["key"]] += 1
-            url = urlsplit(entry.get("url", ""))
-            endpoint = f"{entry.get('method', '?')} {url.netloc}{url.path}"
-            endpoints[endpoint] += 1
-            size_by_endpoint[endpoint] += len(line)
+    for number, line, entry in scan_file(file):
+        if entry is None:
+            damaged.append(number)
+            continue
+        keys[_slot(entry["key"], entry.get("n", 1))] += 1
+        url = urlsplit(entry.get("url", ""))
+        endpoint = f"{entry.get('method', '?')} {url.netloc}{url.path}"
+        endpoints[endpoint] += 1
+        size_by_endpoint[endpoint] += len(line)
     duplicates = sorted(key for key, count in keys.items() if count > 1)
     print(f"{file}: {len(keys)} entries, {file.stat().st_size:,} bytes")
     print(f"duplicate keys: {len(duplicates)}{' (' + ', '.join(duplicates) + ')' if duplicates else ''}")
@@ -73,8 +72,7 @@ def _body(entry: dict) -> str:
 def show(key: str, path: str | None) -> None:
     """One entry, the last one recorded for `key` (a unique prefix of it is enough)."""
     file = _cache_file(path)
-    with open(file, "rb") as lines:
-        found = {entry["key"]: entry for *_, entry in scan(lines) if entry and entry["key"].startswith(key)}
+    found = {entry["key"]: entry for *_, entry in scan_file(file) if entry and entry["key"].startswith(key)}
     if not found:
         raise _UserError(f"no entry with key {key!r} in {file}")
     if len(found) > 1:

@@ -1,14 +1,17 @@
-"""Cache LLM API calls made through httpx (and httpx2) in a `cachy.jsonl` file.
+"""Cache LLM API calls in a `cachy.jsonl` file: the key, the store, the engine, and the httpx patch.
 
-`enable_cachy()` patches `Client.send` and `AsyncClient.send`. A request to a known LLM host is
-keyed deterministically, answered from the file when seen before, and recorded otherwise.
+`enable_cachy()` patches `Client.send` and `AsyncClient.send` of httpx (and of httpx2 when it is
+installed). A request to a known LLM host is keyed deterministically, answered from the file when
+seen before, and recorded otherwise. The requests and aiohttp adapters, in their own modules, hand
+their requests to the same engine.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import contextvars
-import dataclasses
 import datetime
 import functools
 import hashlib
@@ -20,16 +23,17 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import ContextDecorator
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 from fastcore.meta import delegates
-from fastcore.xtras import find_file_parents
 
 try:
     import httpx2
@@ -56,11 +60,8 @@ doms: tuple[str, ...] = (
     "api.moonshot.cn",
 )
 MODES = ("record", "replay", "refresh")
+KEY_VERSION = 2  # bump on any change to what enters the key; the README keeps their changelog
 KEY_CHARS = 16  # 64 bits: 100k entries have a ~3e-10 chance of any two keys colliding
-_SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "access_token"})
-_NEVER_STORED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-_LABELS = {"hits": "hit", "recorded": "recorded", "passed": "passed", "replay_misses": "replay miss"}
-_NOT_RECORDED_4XX = frozenset({401, 403, 408, 429})  # depend on credentials or load, not the request
 
 
 class CachyMiss(BaseException):
@@ -69,97 +70,258 @@ class CachyMiss(BaseException):
     Like pytest's own outcomes it derives from BaseException: SDKs (anthropic, for one) retry, then re-wrap
     as a "connection error", an Exception raised inside `send`, and this one must reach you at once."""
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback through cachy's and the SDK's frames."""
+        return [f"CachyMiss: {self}"]
+
 
 class CachyWarning(UserWarning):
-    """`cachy.jsonl` has lines that cachy could not read and skipped."""
+    """Something in `cachy.jsonl` needs your attention: damaged lines, stale keys, an entry not saved."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, CachyWarning, stacklevel=4)
 
 
 # ---------------------------------------------------------------------------------- request key
-def public_url(url: httpx.URL) -> str:
-    """`url` without the query parameters that carry credentials (Gemini's `?key=`): fit to hash, store and print."""
-    if url.query:
-        for name in _SECRET_PARAMS.intersection(url.params.keys()):
-            url = url.copy_remove_param(name)
-    return str(url)
+def _path_rule(path: str, placeholder: str) -> tuple[str, str]:
+    """A rule replacing an absolute folder, as written and as JSON escapes it (Windows), with `placeholder`."""
+    forms = dict.fromkeys((path, json.dumps(path)[1:-1]))
+    return rf"(?:{'|'.join(map(re.escape, forms))})(?![\w.-])", placeholder
+
+
+def _machine_rules() -> list[tuple[str, str]]:
+    """What differs between two machines that run the same code: where packages, Python and home are."""
+    folders = {sys.prefix: "<python>", sys.base_prefix: "<python>", str(Path.home()): "~"}
+    by_length = sorted(folders.items(), key=lambda item: -len(item[0]))
+    return [
+        (r"(?:[A-Za-z]:)?(?:[/\\]+[^/\\\s\"'<>]+)*?[/\\]+(?:site|dist)-packages(?=[/\\])", "<site-packages>"),
+        *(_path_rule(folder, placeholder) for folder, placeholder in by_length if len(folder) > 1),
+    ]
+
+
+key_rules: list[tuple[str, str]] = [
+    *_machine_rules(),
+    (r"ipykernel_\d+([/\\]+)\d+\.py", r"ipykernel\1<cell>.py"),  # a notebook cell's file, per kernel
+    (r"<ipython-input-\d+-[0-9a-f]+>", "<ipython-input>"),  # the same, in older IPython
+    (r"0x[0-9a-fA-F]{6,}", "0x…"),  # memory addresses in reprs: <function f at 0x7f…>
+    (r"/tmp/tmp[\w-]+|/var/folders/[\w-]+/[\w-]+/T/[\w-]+", "<tmp>"),  # tempfile folders: Linux, macOS
+    (r'("prompt_cache_key"\s*:\s*)"[^"]*"', r'\1"…"'),  # a per-session id that wrappers generate
+]
+"""(pattern, replacement) pairs applied, in order, to a request body before it is hashed, so that what changes
+between two runs of unchanged code does not change the key. Only the key: the body sent and stored is untouched.
+Extend it before `enable_cachy`; cachy adds the project's folder (`<project>`) at enable time."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request as every transport adapter hands it to the engine."""
+
+    method: str
+    url: str  # as sent: the engine strips credentials
+    body: bytes
+    headers: Mapping[str, str]  # the request's, case-insensitive; only a multipart boundary is read from them
+    stream: bool
+
+
+_SECRET_PARAMS = frozenset(
+    [
+        "key",
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "x_goog_api_key",
+        "access_token",
+        "accesstoken",
+        "id_token",
+        "refresh_token",
+        "session_token",
+        "token",
+        "auth",
+        "sig",
+        "signature",
+        "secret",
+        "client_secret",
+        "password",
+    ]
+)
+
+
+def _is_secret_param(name: str) -> bool:
+    """Credential query parameters, whatever their case or separator: `API_KEY`, `apiKey`, `access-token`."""
+    return name.lower().replace("-", "_") in _SECRET_PARAMS
+
+
+def public_url(url: str) -> str:
+    """`url` without user and password and without credential query parameters: fit to hash, store and print."""
+    if "?" not in url and "@" not in url:  # the usual LLM endpoint, at no cost
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    params = [
+        (name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if not _is_secret_param(name)
+    ]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(params, quote_via=quote), parts.fragment))
 
 
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
 _BOUNDARY = re.compile(r'boundary="?([^";\s]+)')
 
 
-def _normalised_body(request: httpx.Request) -> bytes:
-    """The body with what differs between identical calls made constant: the multipart boundary, JSON key order."""
-    body = request.content
-    if body.startswith(b"--") and (boundary := _BOUNDARY.search(request.headers.get("content-type", ""))):
-        return body.replace(boundary.group(1).encode(), b"cachy-boundary")  # multipart bodies start with it
-    try:  # any body that parses as JSON, whatever its content-type says
-        return _CANONICAL_JSON.encode(json.loads(body.decode())).encode()
-    except (ValueError, RecursionError):
+def _normalised_body(call: Call, rules: list[tuple[re.Pattern, str]]) -> bytes:
+    """The body with what differs between identical calls made constant: the multipart boundary, the
+    `key_rules`, JSON key order (any body that parses as JSON, whatever its content-type says)."""
+    body = call.body
+    if body.startswith(b"--") and (boundary := _BOUNDARY.search(call.headers.get("content-type", ""))):
+        return body.replace(boundary.group(1).encode(), b"cachy-boundary")
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
         return body
+    for pattern, replacement in rules:
+        text = pattern.sub(replacement, text)
+    try:
+        return _CANONICAL_JSON.encode(json.loads(text)).encode()
+    except (ValueError, RecursionError):
+        return text.encode()
 
 
-def request_key(request: httpx.Request, stream: bool = False) -> str:
-    """Hash of method, public URL, stream flag and normalised body. Headers stay out, so a rotated API key still hits."""
-    return _key(request, public_url(request.url), stream)
-
-
-def _key(request: httpx.Request, url: str, stream: bool) -> str:
-    digest = hashlib.sha256(f"{request.method}\n{url}\n{int(stream)}\n".encode())
-    digest.update(_normalised_body(request))
+def _digest(head: str, body: bytes) -> str:
+    digest = hashlib.sha256(head.encode())
+    digest.update(body)
     return digest.hexdigest()[:KEY_CHARS]
 
 
-# ---------------------------------------------------------------------------------------- store
-def _parse_entry(line: bytes) -> dict | None:
-    """The entry on `line`, or None when the line is damaged (truncated, a conflict marker, not an entry)."""
-    try:
-        entry = json.loads(line.decode())
-    except ValueError:  # UnicodeDecodeError included
-        return None
-    is_entry = isinstance(entry, dict) and isinstance(entry.get("key"), str) and "response" in entry
-    return entry if is_entry else None
+def _head(call: Call, url: str) -> str:
+    return f"{call.method}\n{url}\n{int(call.stream)}\n"
 
 
+def _raw_digest(call: Call, url: str) -> str:
+    """The digest of the exact bytes sent: a re-run sends the same bytes, and is found without parsing JSON."""
+    return _digest("raw\n" + _head(call, url), call.body)
+
+
+def _key(call: Call, url: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    """Method, public URL, stream flag and normalised body. Headers stay out, so a rotated API key still hits."""
+    return _digest(_head(call, url), _normalised_body(call, rules))
+
+
+def _compiled(rules: Iterable[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
+    return [(re.compile(pattern), replacement) for pattern, replacement in rules]
+
+
+def _project_rules(folders: Iterable[Path]) -> list[tuple[str, str]]:
+    return [_path_rule(str(folder), "<project>") for folder in sorted(set(folders), key=lambda f: -len(str(f)))]
+
+
+def request_key(request: httpx.Request, stream: bool = False) -> str:
+    """The key of an httpx (or httpx2) request under the current configuration, for tools and debugging."""
+    engine = _current_engine()
+    rules = engine.rules if engine else _compiled(_project_rules([default_cache_dir()]) + key_rules)
+    call = _call_of(request, stream)
+    return _key(call, public_url(call.url), rules)
+
+
+# -------------------------------------------------------------------------------- the line format
+_LINE_HEAD = re.compile(rb'\{"key": "([0-9a-f]{16})", "raw": "([0-9a-f]{16})", "v": (\d+), "n": (\d+), ')
+_V1_LINE_HEAD = re.compile(rb'\{"key": "([0-9a-f]{16})", "method": ')  # as cachy wrote lines before key versions
 _ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)  # readable diffs; made once
-_KEY_START = b'{"key": "'
-_KEY_END = len(_KEY_START) + KEY_CHARS
 
 
-def _line_key(line: bytes) -> str | None:
-    """The key of a complete line; lines in the form cachy writes are read without parsing all their JSON."""
-    key = line[len(_KEY_START) : _KEY_END]
-    if (
-        line.startswith(_KEY_START)
-        and line.endswith(b"}\n")
-        and line[_KEY_END : _KEY_END + 1] == b'"'
-        and key.isalnum()
-    ):
-        return key.decode()
-    entry = _parse_entry(line)
-    return entry["key"] if entry else None
+def _entry_line(key: str, raw: str, n: int, fields: dict) -> bytes:
+    """The one place a line of `cachy.jsonl` is written. Invariant: it starts with key, raw, v and n, in that
+    order and spacing (`_LINE_HEAD`), so that loading indexes a line without parsing the rest of its JSON."""
+    entry = {"key": key, "raw": raw, "v": KEY_VERSION, "n": n, **fields}
+    return _ENCODER.encode(entry).encode() + b"\n"
 
 
-_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+@dataclass(frozen=True)
+class _Head:
+    """What the index needs of a line."""
+
+    key: str
+    raw: str | None
+    version: int
+    n: int
+
+    @property
+    def slot(self) -> str:
+        return _slot(self.key, self.n)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """One write, as a rule; the loop only guards against a write cut short by a signal."""
-    while data:
-        data = data[os.write(fd, data) :]
+def _slot(key: str, n: int) -> str:
+    """Where occurrence `n` of a key is indexed: the key itself for the first, as every entry without repeats."""
+    return key if n == 1 else f"{key}#{n}"
 
 
-def scan(file: IO[bytes]) -> Iterator[tuple[int, int, bytes, dict | None]]:
-    """(line number, offset, line, entry or None if damaged) for every line, fully checked: for compaction and stats."""
-    file.seek(offset := 0)
-    for number, line in enumerate(file, 1):
-        yield number, offset, line, _parse_entry(line)
-        offset += len(line)
+def _parse_json(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
+def _head_of(line: bytes) -> _Head | None:
+    """The head of a line, or None when it is not an entry (blank, cut short, a conflict marker)."""
+    if line.endswith(b"}\n"):
+        if match := _LINE_HEAD.match(line):
+            key, raw, version, n = match.groups()
+            return _Head(key.decode(), raw.decode(), int(version), int(n))
+        if match := _V1_LINE_HEAD.match(line):
+            return _Head(match.group(1).decode(), None, 1, 1)
+    if len(line) < 3:  # a blank line, fast: files can hold millions
+        return None
+    entry = _parse_json(line)
+    if not isinstance(entry, dict) or not isinstance(key := entry.get("key"), str):
+        return None
+    raw, version, n = entry.get("raw"), entry.get("v", 1), entry.get("n", 1)
+    if not (isinstance(version, int) and isinstance(n, int) and n >= 1 and (raw is None or isinstance(raw, str))):
+        return None
+    return _Head(key, raw, version, n)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A recorded response, as a hit replays it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    seconds: float = 0.0  # how long the live call took
+    usage: dict[str, int] = field(default_factory=dict)  # tokens the provider reported: input, output
+
+
+def _entry_of(data: Any) -> Entry | None:
+    """The response in a parsed line, or None when it has the wrong shape: each field is checked, since a hit
+    must never fail inside `send` (SDKs would retry that as a "connection error")."""
+    if not isinstance(data, dict):
+        return None
+    status, headers, response = data.get("status_code"), data.get("headers"), data.get("response")
+    if type(status) is not int or not 100 <= status <= 599 or not isinstance(response, str):
+        return None
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        return None
+    try:
+        body = base64.b64decode(response, validate=True) if data.get("binary") else response.encode()
+    except binascii.Error:
+        return None
+    seconds, usage = data.get("seconds", 0.0), data.get("usage", {})
+    if not isinstance(seconds, (int, float)) or not isinstance(usage, dict):
+        seconds, usage = 0.0, {}
+    return Entry(status, headers, body, float(seconds), {k: v for k, v in usage.items() if type(v) is int})
+
+
+# ---------------------------------------------------------------------------------------- store
 if os.name == "nt":
     import msvcrt
 
+    _LOCK_OFFSET = 2**40  # a byte far past the end: Windows locks are mandatory, and must not block reads
+
     def _lock(fd: int) -> None:
+        os.lseek(fd, _LOCK_OFFSET, os.SEEK_SET)
         while True:  # LK_LOCK gives up after 10 s; a writer holding the lock that long is still no reason to fail
             try:
                 return msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
@@ -167,7 +329,12 @@ if os.name == "nt":
                 continue
 
     def _unlock(fd: int) -> None:
+        os.lseek(fd, _LOCK_OFFSET, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+    def _read_at(fd: int, size: int, offset: int) -> bytes:
+        os.lseek(fd, offset, os.SEEK_SET)  # callers hold the store's mutex
+        return os.read(fd, size)
 
 else:
     import fcntl
@@ -178,26 +345,54 @@ else:
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
+    _read_at = os.pread
 
-class _ProcessLock:
-    """Keeps other processes out while a line is appended or read. Its file is in the temp folder, so nothing
-    appears in the user's repo; threads of this process are kept apart by the store's mutex, held around it."""
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+_BOM = b"\xef\xbb\xbf"
+_ORIGINAL_KEY = re.compile(r"[0-9a-f]{8}")
 
-    def __init__(self, path: Path):
-        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-        self._path, self.fd, self._depth = Path(tempfile.gettempdir()) / f"cachy-{digest}.lock", None, 0
 
-    def __enter__(self) -> None:
-        if self._depth == 0:
-            if self.fd is None:
-                self.fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o666)
-            _lock(self.fd)
-        self._depth += 1
+def _read_line(fd: int, offset: int) -> bytes:
+    """The whole line that starts at `offset`, newline included (less, if the file ends first)."""
+    chunks, size = [], 8192  # most lines fit: a larger first read would copy more than the line
+    while chunk := _read_at(fd, size, offset):
+        size = 1 << 20
+        end = chunk.find(b"\n")
+        if end >= 0:
+            chunks.append(chunk[: end + 1])
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
-    def __exit__(self, *exc_info) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            _unlock(self.fd)
+
+def _lines(fd: int, offset: int) -> Iterator[bytes]:
+    """Every line from `offset` to the end, the last one possibly unfinished; read in large blocks."""
+    rest = b""
+    while block := _read_at(fd, 1 << 20, offset):
+        offset += len(block)
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int]:
+    """What tells a file changed: its inode (replaced), size (grown, cut) and mtime (edited in place)."""
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _holds(data: Any, slot: str) -> bool:
+    """Whether a parsed line is the entry for `slot`: an index offset can outlive an edit of the file."""
+    return isinstance(data, dict) and data.get("key") is not None and _slot(data["key"], data.get("n", 1)) == slot
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """One write, as a rule; the loop only guards against a write cut short by a signal."""
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 @dataclass
@@ -208,180 +403,279 @@ class Rewrite:
     duplicates: int
     damaged: list[int]
     pruned: int = 0
+    stale: int = 0
 
 
 class Store:
-    """`cachy.jsonl`: an index from key to line position, kept in step with what other processes append."""
+    """`cachy.jsonl`: an index from key to line position, kept in step with what other processes append.
+
+    Reads use one unbuffered descriptor, so a fork, a truncation or an edit in place leaves no stale buffer.
+    Every process that appends or compacts locks that same file (`flock`), and checks after locking that
+    the path still leads to it: a compaction elsewhere replaces the file, and the lock moves with it."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._process_lock = _ProcessLock(path)
-        self._mutex = threading.RLock()  # this process's index and read handle
-        self._file: IO[bytes] | None = None  # read handle, and
-        self._writer: int | None = None  # appending descriptor, both on the file with this inode:
-        self._inode = 0
-        self._index: dict[str, int] = {}  # key -> offset of its line; the line is read on a hit
-        self._end = self._lines = 0  # how far the index has read
-        self._warned: set[int] = set()
+        self._mutex = threading.RLock()  # this process's index and descriptors
+        self._stale_reported = False
+        self._reset()
 
-    def get(self, key: str) -> dict | None:
-        """The entry for `key`, looking at what other processes appended before calling it a miss."""
-        with self._mutex:
-            if key not in self._index and self._file_grew():
-                self._sync()
-            if (offset := self._index.get(key)) is None:
-                return None
-            self._file.seek(offset)
-            line = self._file.readline()
-        if (entry := _parse_entry(line)) is None:
-            self._warn([self._line_number(offset)])
-            with self._mutex:
-                self._index.pop(key, None)
-            return None
-        if entry["key"] != key:  # the file changed under the index (rewritten in place): reload at the next look
-            with self._mutex:
-                self._close()
-            return None
-        return entry
-
-    def append(self, entry: dict) -> None:
-        """Append `entry` as one whole line, under the cross-process lock, in a single write."""
-        line = _ENCODER.encode(entry).encode() + b"\n"
-        with self._mutex, self._process_lock:
-            if self._indexed_to_the_end():  # the usual case: write, and index our own line without reading it back
-                _write_all(self._writer, line)
-                self._index[entry["key"]] = self._end
-                self._end, self._lines = self._end + len(line), self._lines + 1
-                return
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_BINARY, 0o666)
-            try:
-                if os.fstat(fd).st_size and (os.lseek(fd, -1, os.SEEK_END), os.read(fd, 1))[1] != b"\n":
-                    line = b"\n" + line  # the last line is unfinished (a writer was killed): start afresh
-                _write_all(fd, line)
-            finally:
-                os.close(fd)
-            self._sync()
-
-    def _indexed_to_the_end(self) -> bool:
-        """Whether the index has read all of the file that is at `path`, through the appending descriptor.
-
-        A file replaced or deleted since (compaction, git checkout) has no links left, so no path lookup is needed."""
-        if self._file is None:
-            return False
-        if self._writer is None:
-            try:
-                self._writer = os.open(self.path, os.O_WRONLY | os.O_APPEND | _O_BINARY)
-            except FileNotFoundError:
-                return False
-        stat = os.fstat(self._writer)
-        return stat.st_nlink > 0 and (stat.st_ino, stat.st_size) == (self._inode, self._end)
-
-    def rewrite(self, keep: set[str] | None = None) -> Rewrite:
-        """Rewrite the file atomically: last entry per key, damaged lines dropped, sorted by key, mode kept."""
-        with self._mutex, self._process_lock:
-            if not self.path.exists():
-                return Rewrite(kept=0, duplicates=0, damaged=[])
-            self._close()  # Windows cannot replace a file that is open
-            latest, damaged, count = {}, [], 0
-            fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".cachy-", suffix=".tmp")
-            try:
-                with open(self.path, "rb") as source, os.fdopen(fd, "wb") as target:
-                    for number, offset, line, entry in scan(source):
-                        if entry is None:
-                            damaged.append(number)
-                            continue
-                        count += 1
-                        latest[entry["key"]] = (offset, len(line))
-                    kept = sorted(key for key in latest if keep is None or key in keep)
-                    for key in kept:
-                        source.seek(latest[key][0])
-                        target.write(source.read(latest[key][1]).rstrip(b"\n") + b"\n")
-                shutil.copymode(self.path, temp)
-                os.replace(temp, self.path)
-            except BaseException:
-                os.unlink(temp)
-                raise
-            self._sync()
-        return Rewrite(kept=len(kept), duplicates=count - len(latest), damaged=damaged, pruned=len(latest) - len(kept))
+    def _reset(self) -> None:
+        """Forget the file: the next look reads it again."""
+        self._reader: int | None = None  # the descriptor for reads, and the one that is locked
+        self._writer: int | None = None  # an appending one, opened at the first append
+        self._identity: tuple[int, int, int] = (0, 0, 0)  # inode, size, mtime when last read
+        self._index: dict[str, int] = {}  # slot (key, or key#n) -> offset of its line
+        self._raw: dict[str, str] = {}  # digest of the exact bytes sent -> key
+        self._end = 0  # where the unread part starts: after the last whole line
+        self._lines = 0  # whole lines read
+        self.versions: Counter[int] = Counter()  # entries by the key version that wrote them
 
     def _close(self) -> None:
-        if self._file:
-            self._file.close()
-        if self._writer is not None:
-            os.close(self._writer)
-        self._file, self._writer, self._index, self._end, self._lines, self._warned = None, None, {}, 0, 0, set()
+        for fd in (self._reader, self._writer):
+            if fd is not None:
+                os.close(fd)
+        self._reset()
 
-    def reopen_in_child(self) -> None:
-        """After a fork: close what is shared with the parent (closing does not touch the parent's), start afresh."""
+    def forget_after_fork(self) -> None:
+        """In a forked child: a parent's thread may have held the mutex or been mid-update, so start afresh,
+        touching nothing of the parent's but closing descriptors (closing never waits)."""
+        self._mutex = threading.RLock()
         self._close()
-        if self._process_lock.fd is not None:
-            os.close(self._process_lock.fd)
-        self._mutex, self._process_lock = threading.RLock(), _ProcessLock(self.path)
 
-    def _file_grew(self) -> bool:
-        """The cheap check before a miss: has our file grown? A replaced file is noticed at the next append."""
-        return self._file is None or os.fstat(self._file.fileno()).st_size != self._end
+    # ------------------------------------------------------------------------------ lookups
+    def key_of_raw(self, raw: str) -> str | None:
+        """The key that the exact bytes `raw` were recorded under, after reading what other processes appended."""
+        with self._mutex:
+            if self._reader is None or os.fstat(self._reader).st_size != self._identity[1]:
+                self._sync()
+            return self._raw.get(raw)
 
-    def _sync(self) -> None:
-        """Index the lines appended since the last look; start over if the file was replaced or shrank."""
-        try:
-            size, inode = (stat := os.stat(self.path)).st_size, stat.st_ino
-        except FileNotFoundError:
-            return self._close()
-        if self._file is None or inode != self._inode or size < self._end:
-            self._close()
-            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for reads on hits
-            self._inode = os.fstat(self._file.fileno()).st_ino
-        if size > self._end:
-            with self._process_lock:  # writers hold it: no half-written line is mistaken for damage
-                self._read_tail()
+    def locate(self, slot: str) -> int | None:
+        """The offset of the line for `slot`, if it is indexed."""
+        return self._index.get(slot)
 
-    def _read_tail(self) -> None:
-        index, damaged, offset, number = self._index, [], self._end, self._lines  # locals: this loop loads the file
-        self._file.seek(offset)
-        for line in self._file:
-            if not line.endswith(b"\n"):  # unfinished: index it if it is whole, and read it again once it ends
-                if (key := _line_key(line + b"\n")) is not None:
-                    index[key] = offset
-                else:  # a writer was killed mid-line; the next append starts a new one
-                    damaged.append(number + 1)
-                break
-            number += 1
-            if (key := _line_key(line)) is None:
-                damaged.append(number)
-            else:
-                index[key] = offset
-            offset += len(line)
-        self._end, self._lines = offset, number
-        self._warn(damaged)
+    def read(self, slot: str, offset: int) -> Entry | None:
+        """The entry at `offset`, once its line is confirmed to be `slot`'s. A line that is not (the file was
+        edited in place, or truncated) reloads the index and looks once more; a damaged one is dropped."""
+        with self._mutex:
+            data = self._line_at(offset)
+            if not _holds(data, slot):  # edited in place, truncated, or damaged past its head: read afresh
+                self._close()
+                self._sync()
+                offset = self._index.get(slot)
+                if offset is None:
+                    return None
+                data = self._line_at(offset)
+        entry = _entry_of(data) if _holds(data, slot) else None
+        if entry is None:
+            with self._mutex:
+                self._index.pop(slot, None)
+            _warn(f"cachy skipped damaged line {self._line_number(offset)} of {self.path}")
+        return entry
+
+    def _line_at(self, offset: int) -> Any:
+        return _parse_json(_read_line(self._reader, offset)) if self._reader is not None else None
 
     def _line_number(self, offset: int) -> int:
-        with open(self.path, "rb") as file:
-            return file.read(offset).count(b"\n") + 1
+        """The number of the line at `offset`, for a warning: counted, as the index keeps offsets only."""
+        with self._mutex:
+            before = 0
+            for start in range(0, offset, 1 << 20):
+                before += _read_at(self._reader, min(1 << 20, offset - start), start).count(b"\n")
+            return before + 1
 
-    def _warn(self, numbers: list[int]) -> None:
-        if new := [number for number in numbers if number not in self._warned]:
-            self._warned.update(new)
-            warnings.warn(f"cachy skipped damaged lines {new} of {self.path}", CachyWarning, stacklevel=2)
+    def refresh(self) -> None:
+        """Notice a file changed in place (same size, other content), as `enable_cachy` does; the next
+        lookup reads it again."""
+        with self._mutex:
+            if self._reader is not None and self._identity != self._path_identity():
+                self._close()
+
+    def _path_identity(self) -> tuple[int, int, int]:
+        try:
+            return _identity(os.stat(self.path))
+        except FileNotFoundError:
+            return (0, 0, 0)
+
+    def _sync(self) -> None:
+        """Index what was appended since the last look; start over if the file was replaced or shrank."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return self._close()
+        if self._reader is None or stat.st_ino != self._identity[0] or stat.st_size < self._end:
+            self._close()
+            self._reader = os.open(self.path, os.O_RDONLY | _O_BINARY)
+        with self._locked_file():  # writers hold it: no half-written line is mistaken for damage
+            self._read_tail()
+
+    def _read_tail(self) -> None:
+        """Index the lines from `_end` on. An unfinished last line (a writer was killed) is left unread:
+        it is read again only when the file grows, and the next append starts a fresh line."""
+        index, raws, versions = self._index, self._raw, self.versions  # locals: this loop loads the file
+        offset, number, damaged, original = self._end, self._lines, [], 0
+        for line in _lines(self._reader, offset):
+            if not line.endswith(b"\n"):
+                damaged.append(number + 1)
+                break
+            number += 1
+            start = 3 if offset == 0 and line.startswith(_BOM) else 0
+            head = _head_of(line[start:] if start else line)
+            if head is None:
+                damaged.append(number)
+            elif head.version == 1 and _ORIGINAL_KEY.fullmatch(head.key):
+                original += 1
+            else:
+                index[head.slot] = offset + start
+                if head.raw is not None:
+                    raws[head.raw] = head.key
+                versions[head.version] += 1
+            offset += len(line)
+        self._end, self._lines = offset, number
+        self._identity = _identity(os.fstat(self._reader))
+        self._report(damaged, original)
+
+    def _report(self, damaged: list[int], original: int) -> None:
+        """One short warning per kind of trouble that a read found."""
+        if damaged:
+            first = ", ".join(map(str, damaged[:5])) + (", …" if len(damaged) > 5 else "")
+            _warn(f"cachy skipped {len(damaged)} damaged lines of {self.path} (lines {first})")
+        if original:
+            _warn(
+                f"{self.path} has {original} entries with 8-character keys, as the original cachy (pycachy) "
+                "writes them: this cachy keys requests differently, so they will not hit. Record them again."
+            )
+        stale = {version: n for version, n in self.versions.items() if version != KEY_VERSION}
+        if stale and not self._stale_reported:
+            self._stale_reported = True
+            written = ", ".join(f"{n} by key version {version}" for version, n in sorted(stale.items()))
+            _warn(
+                f"{self.path} holds entries written by another key formula ({written}; this cachy writes "
+                f"version {KEY_VERSION}). They still hit when both versions key the request alike; the others "
+                "miss and are recorded again. To drop them: cachy compact --drop-stale"
+            )
+
+    # ------------------------------------------------------------------------------ writes
+    def _locked_file(self) -> _FileLock:
+        """The cross-process lock, on the file itself; see the class docstring."""
+        return _FileLock(self)
+
+    def append(self, slot: str, raw: str, line: bytes) -> None:
+        """Append one whole line in a single write, under the lock. On failure (read-only, disk full) the file
+        is cut back to where it was, so no partial line stays, and the OSError is raised."""
+        with self._mutex:
+            if self._reader is None:  # the first entry of a new file
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | _O_BINARY, 0o666))
+                self._sync()
+            with self._locked_file():
+                if os.fstat(self._reader).st_size != self._identity[1]:
+                    self._read_tail()  # other processes' lines first: ours is indexed after them
+                if self._writer is None:
+                    self._writer = os.open(self.path, os.O_WRONLY | os.O_APPEND | _O_BINARY)
+                size = self._identity[1]
+                if size > self._end:  # an unfinished last line (a writer was killed): start afresh
+                    line = b"\n" + line
+                try:
+                    _write_all(self._writer, line)
+                except OSError:
+                    os.ftruncate(self._writer, size)
+                    raise
+                self._index[slot] = size + len(line) - len(line.lstrip(b"\n"))
+                self._raw[raw] = slot.partition("#")[0]
+                self.versions[KEY_VERSION] += 1
+                self._end, self._lines = size + len(line), self._lines + line.count(b"\n")
+                self._identity = _identity(os.fstat(self._writer))
+
+    def rewrite(self, keep: set[str] | None = None, drop_stale: bool = False) -> Rewrite:
+        """Rewrite the file atomically: the last entry per key and occurrence, damaged lines dropped, sorted,
+        mode kept. Refuses a file most of whose lines are not entries: it is not a cache file."""
+        with self._mutex:
+            if not self.path.exists():
+                return Rewrite(kept=0, duplicates=0, damaged=[])
+            if self._reader is None:
+                self._reader = os.open(self.path, os.O_RDONLY | _O_BINARY)
+            with self._locked_file():
+                latest, damaged, text_lines, stale, count = {}, [], 0, 0, 0
+                for number, line, head in _scan(self._reader):
+                    if head is None:
+                        damaged.append(number)
+                        text_lines += bool(line.strip())
+                    elif drop_stale and head.version != KEY_VERSION:
+                        stale += 1
+                    else:
+                        count += 1
+                        latest[(head.key, head.n)] = line
+                if text_lines > count + stale:
+                    raise ValueError(
+                        f"{self.path} is not a cachy file: most of its lines are not entries. Left unchanged."
+                    )
+                kept = sorted(slot for slot in latest if keep is None or _slot(*slot) in keep)
+                fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".cachy-", suffix=".tmp")
+                try:
+                    with os.fdopen(fd, "wb") as target:
+                        target.writelines(latest[slot] for slot in kept)
+                    shutil.copymode(self.path, temp)
+                    if os.name == "nt":
+                        self._close()  # Windows cannot replace an open file
+                    os.replace(temp, self.path)
+                except BaseException:
+                    os.unlink(temp)
+                    raise
+            self._close()
+            self._sync()
+        return Rewrite(len(kept), count - len(latest), damaged, len(latest) - len(kept), stale)
+
+
+def _scan(fd: int) -> Iterator[tuple[int, bytes, _Head | None]]:
+    """(line number, line, head or None if damaged) for every line, the first without its BOM."""
+    for number, line in enumerate(_lines(fd, 0), 1):
+        text = line.removeprefix(_BOM) if number == 1 else line
+        yield number, text, (_head_of(text) if text.endswith(b"\n") else None)
+
+
+class _FileLock:
+    """flock on the store's read descriptor; if the path meanwhile leads to another file (compacted elsewhere),
+    let go, re-open, and lock that one. Held inside the store's mutex, which keeps this process's threads apart."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __enter__(self) -> None:
+        store = self.store
+        while True:
+            _lock(store._reader)
+            if os.stat(store.path).st_ino == os.fstat(store._reader).st_ino:
+                return
+            _unlock(store._reader)
+            store._close()
+            store._reader = os.open(store.path, os.O_RDONLY | _O_BINARY)
+
+    def __exit__(self, *exc_info) -> None:
+        _unlock(self.store._reader)
+
+
+def scan_file(path: Path) -> Iterator[tuple[int, bytes, dict | None]]:
+    """(line number, line, entry or None if damaged) for every line of a cache file: for the command line."""
+    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+    try:
+        for number, line, head in _scan(fd):
+            data = _parse_json(line) if head else None
+            yield number, line, (data if _entry_of(data) else None)
+    finally:
+        os.close(fd)
 
 
 _stores: dict[Path, Store] = {}
 
 
-def _give_forked_child_its_own_files() -> None:
-    """A forked child would share its parent's file offsets and lock: every store starts afresh in it."""
-    for store in _stores.values():
-        store.reopen_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_give_forked_child_its_own_files)
-
-
 def _store_for(path: Path) -> Store:
     """One store per file and process, so that re-enabling does not reload the index. The path is made
-    absolute, so that a later change of working directory does not move the cache."""
-    path = path.resolve()
+    absolute, so that a later change of working directory does not move the cache. A symlink that leads out
+    of its folder is refused: a pull request could point `cachy.jsonl` at a file cachy must never write."""
+    folder = path.parent.resolve()
+    path = folder / path.name
+    if path.is_symlink() and path.resolve().parent != folder:
+        raise ValueError(f"{path} is a symlink to {path.resolve()}, outside its folder: cachy will not write there")
     if path not in _stores:
         _stores[path] = Store(path)
     return _stores[path]
@@ -396,210 +690,398 @@ class Stats:
     recorded: int = 0
     passed: int = 0
     replay_misses: int = 0
-    used: set[str] = field(default_factory=set, repr=False)  # keys hit or recorded: what pruning keeps
+    unrecorded: int = 0  # live answers cachy could not store: a stream cut off, a file not writable
+    saved_seconds: float = 0.0  # what the hits' live calls took when recorded
+    saved_input_tokens: int = 0
+    saved_output_tokens: int = 0
+    used: set[str] = field(default_factory=set, repr=False)  # slots hit or recorded: what pruning keeps
 
     def __str__(self) -> str:
-        return f"{self.hits} hits, {self.recorded} recorded, {self.passed} passed through, {self.replay_misses} replay misses"
+        counts = f"{self.hits} hits, {self.recorded} recorded, {self.passed} passed through, {self.replay_misses} replay misses"
+        if self.unrecorded:
+            counts += f", {self.unrecorded} not recorded"
+        saved = round(self.saved_seconds, 1) or self.saved_input_tokens or self.saved_output_tokens
+        return f"{counts}; {self.savings()}" if saved else counts
+
+    def savings(self) -> str:
+        """What the hits saved, as people read it: `saved 2 min 13 s and 182k tokens`."""
+        minutes, seconds = divmod(round(self.saved_seconds), 60)
+        spent = f"{minutes} min {seconds} s" if minutes else f"{self.saved_seconds:.1f} s"
+        return f"saved {spent} and {_short(self.saved_input_tokens + self.saved_output_tokens)} tokens"
+
+    def add(self, other: Stats) -> None:
+        """Add another part's counts (a test's, a pytest-xdist worker's) to these."""
+        for counter in fields(self):
+            if counter.name != "used":
+                setattr(self, counter.name, getattr(self, counter.name) + getattr(other, counter.name))
+        self.used |= other.used
+
+    def to_dict(self) -> dict:
+        return {counter.name: getattr(self, counter.name) for counter in fields(self)} | {"used": sorted(self.used)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Stats:
+        return cls(**{**data, "used": set(data["used"])})
+
+    def _repr_html_(self) -> str:
+        """A small table in Jupyter."""
+        rows = [
+            ("hits", self.hits),
+            ("recorded", self.recorded),
+            ("passed through", self.passed),
+            ("replay misses", self.replay_misses),
+        ]
+        if self.unrecorded:
+            rows.append(("not recorded", self.unrecorded))
+        if self.saved_seconds:
+            rows += [
+                ("time saved", f"{self.saved_seconds:.1f} s"),
+                ("tokens saved", f"{self.saved_input_tokens:,} in, {self.saved_output_tokens:,} out"),
+            ]
+        cells = "".join(f"<tr><th style='text-align:left'>{name}</th><td>{value}</td></tr>" for name, value in rows)
+        return f"<table><caption>cachy</caption>{cells}</table>"
 
 
+def _short(count: int) -> str:
+    return f"{count / 1000:.0f}k" if count >= 10_000 else f"{count:,}"
+
+
+_stats_lock = threading.Lock()  # counts of every engine; renewed in a forked child
+
+
+@dataclass
+class Miss:
+    """A request cachy did not find: what recording its live answer needs."""
+
+    call: Call
+    url: str
+    key: str
+    raw: str
+    n: int
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def slot(self) -> str:
+        return _slot(self.key, self.n)
+
+
+class StreamRecording:
+    """One live stream, recorded only when its upstream ends normally. A transport adapter hands it each chunk,
+    then calls `finish` at the upstream's end, or `abandon` when it breaks or is closed unread. Either, once."""
+
+    def __init__(self, engine: Engine, miss: Miss, status: int, headers: dict[str, str]):
+        self._engine, self._miss, self._status, self.headers = engine, miss, status, headers
+        self._chunks: list[bytes] = []
+        self.done = False
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self._engine.save(self._miss, self._status, self.headers, b"".join(self._chunks))
+
+    def abandon(self, reason: str) -> None:
+        if not self.done:
+            self.done = True
+            self._engine.note("unrecorded", self._miss.call.method, self._miss.url, self._miss.slot, f" ({reason})")
+
+
+_NEVER_STORED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+_NOT_RECORDED_4XX = frozenset({401, 403, 408, 429})  # depend on credentials or load, not the request
+_LABELS = {
+    "hits": "hit",
+    "recorded": "recorded",
+    "passed": "passed",
+    "replay_misses": "replay miss",
+    "unrecorded": "not recorded",
+}
+
+
+class Engine:
+    """What cachy does with a request, whichever transport sent it: key, look up, replay or record, count."""
+
+    def __init__(
+        self, store: Store, doms: tuple[str, ...], hdrs: tuple[str, ...], mode: str, debug: bool, repeats: bool
+    ):
+        self.store, self.doms, self.mode, self.debug, self.repeats = store, doms, mode, debug, repeats
+        self.stats = Stats()
+        self.kept_headers = tuple(sorted(name for name in {"content-type", *hdrs} if name not in _NEVER_STORED))
+        self.rules = _compiled(_project_rules([store.path.parent, default_cache_dir()]) + key_rules)
+        self._subdomains = tuple("." + dom for dom in doms)
+        self._occurrences: Counter[str] = Counter()  # with repeats: how often each key was asked
+
+    def covers(self, host: str) -> bool:
+        """Whether `host` is one of `doms` or below one: the host is matched, never a substring of the URL."""
+        host = host.lower().rstrip(".")
+        return host in self.doms or host.endswith(self._subdomains)
+
+    def note(self, outcome: str, method: str, url: str, slot: str = "-", detail: str = "") -> None:
+        """Count what happened to a request and, with debug, print it."""
+        with _stats_lock:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+            if outcome in ("hits", "recorded"):
+                self.stats.used.add(slot)
+        if self.debug:
+            print(f"cachy {_LABELS[outcome]:<12} {slot:<16} {method} {url}{detail}", file=sys.stderr)
+
+    def lookup(self, call: Call) -> Entry | Miss:
+        """The recorded response when there is one; otherwise a Miss to record the live one with.
+        In replay mode a miss raises CachyMiss."""
+        url = public_url(call.url)
+        raw = _raw_digest(call, url)
+        n = self._occurrence(raw) if self.repeats else 1
+        key = None if self.mode == "refresh" else self.store.key_of_raw(raw)
+        if key is None:  # not these exact bytes: the usual miss, or the same request written differently
+            key = _key(call, url, self.rules)
+        slot = _slot(key, n)
+        offset = None if self.mode == "refresh" else self.store.locate(slot)
+        if offset is not None and (entry := self.store.read(slot, offset)) is not None:
+            self.note("hits", call.method, url, slot)
+            with _stats_lock:
+                self.stats.saved_seconds += entry.seconds
+                self.stats.saved_input_tokens += entry.usage.get("input", 0)
+                self.stats.saved_output_tokens += entry.usage.get("output", 0)
+            return entry
+        if self.mode == "replay":
+            self.note("replay_misses", call.method, url, slot)
+            occurrence = f" (occurrence {n} of this request)" if n > 1 else ""
+            raise CachyMiss(
+                f"cachy: no recorded response for {call.method} {url}{occurrence} (key {key}) in "
+                f"{self.store.path}, and cachy is in replay mode. Record it by running once with API keys in "
+                'record mode (CACHY_MODE=record, or enable_cachy(mode="record")), then commit the file.'
+            )
+        return Miss(call, url, key, raw, n)
+
+    def _occurrence(self, raw: str) -> int:
+        """With repeats: which time this configuration sees these exact bytes."""
+        with _stats_lock:
+            self._occurrences[raw] += 1
+            return self._occurrences[raw]
+
+    def records(self, status: int) -> bool:
+        """2xx, and the 4xx the request itself causes; never 5xx, nor what depends on credentials or load."""
+        return 200 <= status < 300 or (400 <= status < 500 and status not in _NOT_RECORDED_4XX)
+
+    def stored_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {name: headers[name] for name in self.kept_headers if name in headers}
+
+    def record(self, miss: Miss, status: int, headers: Mapping[str, str], body: bytes) -> Entry | None:
+        """Store a complete live response. Returns what a later hit will replay, for the adapter to answer with;
+        None when this response is not recorded, and the adapter passes the live one on untouched."""
+        if not self.records(status):
+            self.note("passed", miss.call.method, miss.url, miss.slot, f" ({status}, not recorded)")
+            return None
+        stored = self.stored_headers(headers)
+        self.save(miss, status, stored, body)
+        return Entry(status, stored, body)
+
+    def record_stream(self, miss: Miss, status: int, headers: Mapping[str, str]) -> StreamRecording | None:
+        """The recording of a live stream, or None when this response is not recorded."""
+        if not self.records(status):
+            self.note("passed", miss.call.method, miss.url, miss.slot, f" ({status}, not recorded)")
+            return None
+        return StreamRecording(self, miss, status, self.stored_headers(headers))
+
+    def save(self, miss: Miss, status: int, headers: dict[str, str], body: bytes) -> None:
+        """Append the entry. A file that cannot be written loses the entry, never the caller's answer."""
+        try:
+            text, binary = body.decode(), False
+        except UnicodeDecodeError:  # audio, images, other encodings: stored losslessly
+            text, binary = base64.b64encode(body).decode(), True
+        fields = {"method": miss.call.method, "url": miss.url, "status_code": status, "headers": headers}
+        fields |= {"response": text, **({"binary": True} if binary else {})}
+        fields |= {
+            "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - miss.started, 3),
+        }
+        try:
+            self.store.append(miss.slot, miss.raw, _entry_line(miss.key, miss.raw, miss.n, fields))
+        except OSError as error:
+            self.note("unrecorded", miss.call.method, miss.url, miss.slot, f" (not saved: {error})")
+            _warn(f"cachy could not save the answer to {miss.call.method} {miss.url} in {self.store.path}: {error}")
+            return
+        self.note("recorded", miss.call.method, miss.url, miss.slot)
+
+
+# ------------------------------------------------------------------- which engine handles a request
+_enabled: Engine | None = None  # set by enable_cachy
+_blocks: list[Engine] = []  # `cachy()` blocks open anywhere, in the order they were entered
+_context_blocks: contextvars.ContextVar[tuple[Engine, ...]] = contextvars.ContextVar("cachy_blocks", default=())
+_bypass = contextvars.ContextVar("cachy_bypass", default=0)  # how many `no_cachy()` blocks this context is in
+_sending = contextvars.ContextVar("cachy_sending", default=False)  # inside a live call that cachy handles
+
+
+def _current_engine() -> Engine | None:
+    """This thread's or task's innermost open `cachy()` block, else the last one opened anywhere, else
+    `enable_cachy`'s: a block never hands its task's requests to a block that another task opened later."""
+    for engine in reversed(_context_blocks.get()):
+        if engine in _blocks:
+            return engine
+    return _blocks[-1] if _blocks else _enabled
+
+
+def route(method: str, url: str, host: str) -> Engine | None:
+    """The engine that handles a request, or None to send it untouched: cachy is off, the host is not cached,
+    a `no_cachy()` block, or a transport below one whose request cachy already handles."""
+    if _sending.get():
+        return None
+    engine = _current_engine()
+    if engine is None:
+        return None
+    if _bypass.get() or not engine.covers(host):
+        engine.note("passed", method, public_url(url))
+        return None
+    return engine
+
+
+@contextlib.contextmanager
+def sending() -> Iterator[None]:
+    """Marks a live call that cachy handles, so that a patched transport below it (litellm's httpx transport
+    calls aiohttp) passes it through instead of recording it twice."""
+    token = _sending.set(True)
+    try:
+        yield
+    finally:
+        _sending.reset(token)
+
+
+def _forget_after_fork() -> None:
+    global _stats_lock
+    _stats_lock = threading.Lock()
+    for store in _stores.values():
+        store.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+# ---------------------------------------------------------------------------- the httpx adapter
 def _module_of(request: httpx.Request) -> Any:
     """httpx or httpx2, whichever `request` belongs to, so the answer is of the kind the SDK expects."""
     return httpx2 if httpx2 is not None and isinstance(request, httpx2.Request) else httpx
 
 
-def _takes_content_directly(module: Any) -> bool:
-    """Whether a response given its bytes as `_content` reads as a read one, as in httpx 0.28 and httpx2 2.x.
-    That spares a hit the ~10 us (a tenth of a plain round trip) that `read()` spends on decoders and chunkers
-    for bytes already in hand; should httpx change inside, this check fails and hits call `read()`."""
-    response = module.Response(200, stream=module.ByteStream(b"probe"))
-    response._content = b"probe"
-    try:
-        return response.content == response.read() == b"".join(response.iter_bytes()) == b"probe"
-    except Exception:
-        return False
+def _call_of(request: httpx.Request, stream: bool) -> Call:
+    return Call(request.method, str(request.url), request.content, request.headers, stream)
 
 
-_TAKES_CONTENT = {module: _takes_content_directly(module) for module in _HTTPX}
-
-
-def _replay(entry: dict, request: httpx.Request) -> httpx.Response:
+def _replay(entry: Entry, request: httpx.Request) -> httpx.Response:
     """A read response built from `entry`: stored bytes exactly, no stale length or encoding headers."""
-    body = base64.b64decode(entry["response"]) if entry.get("binary") else entry["response"].encode()
     module = _module_of(request)
     response = module.Response(
-        entry["status_code"], headers=entry["headers"], stream=module.ByteStream(body), request=request
+        entry.status, headers=entry.headers, stream=module.ByteStream(entry.body), request=request
     )
-    if _TAKES_CONTENT[module]:
-        response._content = body
-    else:
-        response.read()
+    response.read()
     response.elapsed = datetime.timedelta(0)  # as a live response has once read; some code logs it
     return response
 
 
-class _Recorder(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m in _HTTPX)):
-    """Passes a live stream's chunks on as they arrive, and records the body once it is complete.
+class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m in _HTTPX)):
+    """A streamed miss's body: the live chunks reach the caller as they arrive, and the recording.
 
-    SDKs close a stream as soon as they see its final event, before the upstream's end: closing a
-    stream that was read from therefore reads what is left, so that the whole body is recorded. A
-    stream that breaks midway records nothing."""
+    It derives from the sync and async stream classes of httpx and httpx2, because their Response checks
+    which kind of stream it was given. Iterating it again continues where the last iteration stopped (openai
+    drains `response.stream` a second time after its final event). Closing a stream that was read from reads
+    what is left, since SDKs close right after their final event, a moment before the upstream's end."""
 
-    def __init__(self, response: httpx.Response, on_complete: Callable[[bytes], None]):
-        self._response, self._on_complete = response, on_complete
-        self._chunks: list[bytes] = []
-        self._upstream = None  # the live iterator, once the caller starts reading
+    def __init__(self, live: httpx.Response, recording: StreamRecording):
+        self._live, self._recording = live, recording
+        self._chunks: Iterator[bytes] | None = None
+        self._achunks = None
+        self.outer: httpx.Response | None = None  # the response the caller holds: it gets `elapsed` at close
 
     def __iter__(self) -> Iterator[bytes]:
-        self._upstream = self._response.iter_bytes()
-        try:
-            for chunk in self._upstream:
-                self._chunks.append(chunk)
-                yield chunk
-        except Exception:
-            self._upstream = None  # broken midway: nothing to complete or record
-            raise
-        self._complete()
+        if self._chunks is None:
+            self._chunks = self._live.iter_bytes()
+        while not self._recording.done:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                self._recording.finish()
+                return
+            except BaseException:  # a reset, a timeout, KeyboardInterrupt: what was read is not the whole body
+                self._recording.abandon("the stream broke off")
+                raise
+            self._recording.add(chunk)
+            yield chunk
 
     async def __aiter__(self):
-        self._upstream = self._response.aiter_bytes()
-        try:
-            async for chunk in self._upstream:
-                self._chunks.append(chunk)
-                yield chunk
-        except Exception:
-            self._upstream = None
-            raise
-        self._complete()
-
-    def _complete(self) -> None:
-        if self._upstream is not None:
-            self._upstream = None
-            self._on_complete(b"".join(self._chunks))
+        if self._achunks is None:
+            self._achunks = self._live.aiter_bytes()
+        while not self._recording.done:
+            try:
+                chunk = await self._achunks.__anext__()
+            except StopAsyncIteration:
+                self._recording.finish()
+                return
+            except BaseException:  # cancellation and asyncio.timeout too
+                self._recording.abandon("the stream broke off")
+                raise
+            self._recording.add(chunk)
+            yield chunk
 
     def close(self) -> None:
         try:
-            if self._upstream is not None:
-                self._chunks.extend(self._upstream)
-                self._complete()
+            if self._chunks is None:
+                self._recording.abandon("closed before it was read")
+            for _ in self:
+                pass
         except _HTTP_ERRORS:
-            pass  # the upstream broke: a truncated body is never recorded
+            pass  # abandoned above: a truncated body is never recorded
         finally:
-            self._response.close()
+            self._live.close()
+            self._pass_elapsed()
 
     async def aclose(self) -> None:
         try:
-            if self._upstream is not None:
-                self._chunks.extend([chunk async for chunk in self._upstream])
-                self._complete()
+            if self._achunks is None:
+                self._recording.abandon("closed before it was read")
+            async for _ in self:
+                pass
         except _HTTP_ERRORS:
             pass
         finally:
-            await self._response.aclose()
+            await self._live.aclose()
+            self._pass_elapsed()
+
+    def _pass_elapsed(self) -> None:
+        if self.outer is not None and hasattr(self._live, "_elapsed"):
+            self.outer.elapsed = self._live.elapsed
 
 
-@dataclass
-class _Config:
-    store: Store
-    doms: tuple[str, ...]
-    hdrs: frozenset[str]
-    mode: str
-    debug: bool
-    stats: Stats = field(default_factory=Stats)
-    _count_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def covers(self, host: str) -> bool:
-        """Whether `host` is one of `doms` or below one: the host is matched, never a substring of the URL."""
-        return host in self.doms or host.endswith(self._subdomain_suffixes)
-
-    @functools.cached_property
-    def _subdomain_suffixes(self) -> tuple[str, ...]:
-        return tuple("." + dom for dom in self.doms)
-
-    @functools.cached_property
-    def kept_headers(self) -> tuple[str, ...]:
-        """content-type and the `hdrs`, less those that would be stale once the body is stored decoded."""
-        return tuple(dict.fromkeys(name for name in ("content-type", *self.hdrs) if name not in _NEVER_STORED))
-
-    def note(self, outcome: str, request: httpx.Request, key: str = "-", detail: str = "") -> None:
-        with self._count_lock:
-            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
-            if outcome in ("hits", "recorded"):
-                self.stats.used.add(key)
-        if self.debug:
-            print(
-                f"cachy {_LABELS[outcome]:<11} {key:<16} {request.method} {public_url(request.url)}{detail}",
-                file=sys.stderr,
-            )
-
-    def lookup(self, request: httpx.Request, stream: bool) -> tuple[dict, httpx.Response | None]:
-        """The recorded response when there is one, and the start of the entry that records it otherwise.
-        In replay mode a miss raises CachyMiss."""
-        url = public_url(request.url)
-        key = _key(request, url, stream)
-        entry = None if self.mode == "refresh" else self.store.get(key)
+def _answer(engine: Engine, miss: Miss, request: httpx.Request, live: httpx.Response) -> httpx.Response:
+    """The live response, recorded; shaped as a later hit will replay it."""
+    if not miss.call.stream:
+        entry = engine.record(miss, live.status_code, live.headers, live.content)
         if entry is not None:
-            self.note("hits", request, key)
-            return entry, _replay(entry, request)
-        if self.mode == "replay":
-            self.note("replay_misses", request, key)
-            raise CachyMiss(
-                f"cachy: no recorded response for {request.method} {url} (key {key}) in {self.store.path}, "
-                "and cachy is in replay mode. Record it by running once with API keys in record mode "
-                '(CACHY_MODE=record, or enable_cachy(mode="record")), then commit the file.'
-            )
-        return {"key": key, "method": request.method, "url": url}, None
-
-    def record(self, entry: dict, request: httpx.Request, response: httpx.Response, stream: bool) -> httpx.Response:
-        """Store a live response, and answer with exactly what a later hit will replay."""
-        status = response.status_code  # 2xx and the 4xx the request itself causes; never 5xx, credentials or load
-        if not (200 <= status < 300 or (400 <= status < 500 and status not in _NOT_RECORDED_4XX)):
-            self.note("passed", request, entry["key"], f" ({status}, not recorded)")
-            return response
-        headers = {name: value for name in self.kept_headers if (value := response.headers.get(name)) is not None}
-        entry.update(status_code=status, headers=headers)
-
-        def save(body: bytes) -> None:
-            try:
-                entry["response"] = body.decode()
-            except UnicodeDecodeError:  # audio, images, other encodings: stored losslessly
-                entry.update(response=base64.b64encode(body).decode(), binary=True)
-            self.store.append(entry)
-            self.note("recorded", request, entry["key"])
-
-        if not stream:
-            save(response.content)
-            response.headers = type(response.headers)(headers)  # what a hit will replay; the body is decoded already
-            return response
-        module = _module_of(request)
-        return module.Response(status, headers=headers, stream=_Recorder(response, save), request=request)
-
-
-# ---------------------------------------------------------------------------------- the patches
-_config: _Config | None = None
-_originals: dict[type, Callable] = {}
-_bypass = contextvars.ContextVar("cachy_bypass", default=False)
-
-
-def _route(request: httpx.Request) -> _Config | None:
-    """The configuration that handles `request`, or None to send it untouched."""
-    if (config := _config) is None:
-        return None
-    if _bypass.get() or not config.covers(request.url.host):
-        config.note("passed", request)
-        return None
-    return config
+            live.headers = type(live.headers)(entry.headers)  # what a hit will replay; the body is decoded already
+        return live
+    recording = engine.record_stream(miss, live.status_code, live.headers)
+    if recording is None:
+        return live
+    stream = _LiveStream(live, recording)
+    stream.outer = _module_of(request).Response(
+        live.status_code, headers=recording.headers, stream=stream, request=request
+    )
+    return stream.outer
 
 
 def _patched_sync(original: Callable) -> Callable:
     @functools.wraps(original)
     def send(self, request, **kwargs):
-        if (config := _route(request)) is None:
+        engine = route(request.method, str(request.url), request.url.host)
+        if engine is None:
             return original(self, request, **kwargs)
         request.read()  # a multipart upload is not read yet; reading keeps it sendable
-        entry, cached = config.lookup(request, stream := bool(kwargs.get("stream")))
-        if cached is not None:
-            return cached
-        return config.record(entry, request, original(self, request, **kwargs), stream)
+        miss = engine.lookup(_call_of(request, bool(kwargs.get("stream"))))
+        if isinstance(miss, Entry):
+            return _replay(miss, request)
+        with sending():
+            live = original(self, request, **kwargs)
+        return _answer(engine, miss, request, live)
 
     return send
 
@@ -607,15 +1089,21 @@ def _patched_sync(original: Callable) -> Callable:
 def _patched_async(original: Callable) -> Callable:
     @functools.wraps(original)
     async def send(self, request, **kwargs):
-        if (config := _route(request)) is None:
+        engine = route(request.method, str(request.url), request.url.host)
+        if engine is None:
             return await original(self, request, **kwargs)
         await request.aread()
-        entry, cached = config.lookup(request, stream := bool(kwargs.get("stream")))
-        if cached is not None:
-            return cached
-        return config.record(entry, request, await original(self, request, **kwargs), stream)
+        miss = engine.lookup(_call_of(request, bool(kwargs.get("stream"))))
+        if isinstance(miss, Entry):
+            return _replay(miss, request)
+        with sending():
+            live = await original(self, request, **kwargs)
+        return _answer(engine, miss, request, live)
 
     return send
+
+
+_originals: dict[type, Callable] = {}
 
 
 def _patch() -> None:
@@ -625,12 +1113,19 @@ def _patch() -> None:
             if cls not in _originals:
                 _originals[cls] = cls.__dict__["send"]
                 cls.send = wrap(_originals[cls])
+    for adapter in _ADAPTERS:
+        adapter.patch()
 
 
 def _unpatch() -> None:
     for cls, original in _originals.items():
         cls.send = original
     _originals.clear()
+    for adapter in _ADAPTERS:
+        adapter.unpatch()
+
+
+_ADAPTERS: list[Any] = []  # the requests and aiohttp adapters add themselves, when their library is installed
 
 
 # ----------------------------------------------------------------------------------- public API
@@ -644,9 +1139,40 @@ def _names(value: Iterable[str] | None, argument: str) -> tuple[str, ...]:
     return tuple(name.lower() for name in names)
 
 
+def _hosts(value: Iterable[str]) -> tuple[str, ...]:
+    hosts = tuple(host.rstrip(".") for host in _names(value, "doms"))
+    if wrong := [host for host in hosts if not host or "/" in host or ":" in host.strip("[]")]:
+        raise ValueError(f"doms are host names, without scheme, port or path: {', '.join(map(repr, wrong))}")
+    return hosts
+
+
 def default_cache_dir() -> Path:
     """The nearest folder at or above the working directory with a `pyproject.toml`, else the working directory."""
-    return find_file_parents("pyproject.toml") or Path.cwd()
+    cwd = Path.cwd()
+    return next((folder for folder in (cwd, *cwd.parents) if (folder / "pyproject.toml").is_file()), cwd)
+
+
+def _engine(
+    cache_dir: str | os.PathLike | None = None,
+    doms: Iterable[str] = doms,
+    hdrs: Iterable[str] | None = None,
+    mode: str | None = None,
+    debug: bool = False,
+    repeats: bool = False,
+) -> Engine:
+    """Check the arguments of `enable_cachy` and make the engine they describe."""
+    source = "mode" if mode else "CACHY_MODE"
+    mode = mode or os.environ.get("CACHY_MODE") or "record"
+    if mode not in MODES:
+        raise ValueError(f"unknown cachy mode {mode!r} (from {source}): use one of {', '.join(MODES)}")
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if folder.is_file():
+        raise NotADirectoryError(f"cache_dir {folder} is a file: give the folder that holds (or will hold) cachy.jsonl")
+    hosts, headers = _hosts(doms), _names(hdrs, "hdrs")
+    folder.mkdir(parents=True, exist_ok=True)
+    store = _store_for(folder / "cachy.jsonl")
+    store.refresh()
+    return Engine(store, hosts, headers, mode, debug, repeats)
 
 
 def enable_cachy(
@@ -655,58 +1181,53 @@ def enable_cachy(
     hdrs: Iterable[str] | None = None,
     mode: str | None = None,
     debug: bool = False,
+    repeats: bool = False,
 ) -> None:
     """Answer requests to `doms` from `cache_dir/cachy.jsonl`, and record the ones not seen before.
 
     `hdrs` names response headers to keep besides content-type (Gemini uploads need two). `mode` is
-    "record" (default), "replay" (a miss raises CachyMiss) or "refresh"; `CACHY_MODE` sets the default."""
-    global _config
-    source = "mode" if mode else "CACHY_MODE"
-    mode = mode or os.environ.get("CACHY_MODE") or "record"
-    if mode not in MODES:
-        raise ValueError(f"unknown cachy mode {mode!r} (from {source}): use one of {', '.join(MODES)}")
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if folder.is_file():
-        raise NotADirectoryError(f"cache_dir {folder} is a file: give the folder that holds (or will hold) cachy.jsonl")
-    folder.mkdir(parents=True, exist_ok=True)
-    store = _store_for(folder / "cachy.jsonl")
-    _config = _Config(store, _names(doms, "doms"), frozenset(_names(hdrs, "hdrs")), mode, debug)
+    "record" (default), "replay" (a miss raises CachyMiss) or "refresh"; `CACHY_MODE` sets the default.
+    `repeats=True` gives the n-th identical request the n-th recorded answer, for sampling."""
+    global _enabled
+    _enabled = _engine(cache_dir, doms, hdrs, mode, debug, repeats)
     _patch()
 
 
 def disable_cachy() -> None:
-    """Put the original `send` methods back; a no-op when cachy is not enabled."""
-    global _config
-    _config = None
+    """Turn cachy off, `cachy()` blocks included, and put the original `send` methods back; a no-op when off."""
+    global _enabled
+    _enabled = None
+    _blocks.clear()
     _unpatch()
-
-
-def _restore(config: _Config | None) -> None:
-    global _config
-    if config is None:
-        return disable_cachy()
-    _config = config
-    _patch()
 
 
 def cachy_stats() -> Stats:
     """A copy of the counts for the current configuration (all zero when cachy is off)."""
-    if _config is None:
+    engine = _current_engine()
+    if engine is None:
         return Stats()
-    with _config._count_lock:
-        return dataclasses.replace(_config.stats, used=set(_config.stats.used))
+    with _stats_lock:
+        return Stats.from_dict(engine.stats.to_dict())
 
 
-def compact_cachy(path: str | os.PathLike | None = None, keep: set[str] | None = None) -> Rewrite:
-    """Rewrite a cache file (or the one in a folder) deduplicated (last wins), without damaged lines,
-    sorted by key, atomically. With `keep`, entries whose key is not in it are dropped too."""
+def _cache_file(path: str | os.PathLike | None) -> Path:
     file = Path(path) if path is not None else default_cache_dir()
-    return _store_for(file / "cachy.jsonl" if file.is_dir() else file).rewrite(keep)
+    return file / "cachy.jsonl" if file.is_dir() else file
+
+
+def compact_cachy(
+    path: str | os.PathLike | None = None, keep: set[str] | None = None, drop_stale: bool = False
+) -> Rewrite:
+    """Rewrite a cache file (or the one in a folder) deduplicated (last wins), without damaged lines, sorted
+    by key, atomically. With `keep`, entries whose key is not in it are dropped too; with `drop_stale`, those
+    written by another key version."""
+    return _store_for(_cache_file(path)).rewrite(keep, drop_stale)
 
 
 def prune_cachy() -> Rewrite:
     """Drop every entry that no request used (hit or recorded) since `enable_cachy`. Call it after a full run."""
-    if _config is None:
+    engine = _current_engine()
+    if engine is None:
         raise RuntimeError("cachy is not enabled: prune_cachy keeps the entries used since enable_cachy")
     if worker := os.environ.get("PYTEST_XDIST_WORKER"):
         raise RuntimeError(
@@ -716,51 +1237,67 @@ def prune_cachy() -> Rewrite:
     used = cachy_stats().used
     if not used:
         raise RuntimeError("no entry was used since enable_cachy: refusing to prune the whole file")
-    return compact_cachy(_config.store.path, keep=used)
+    return compact_cachy(engine.store.path, keep=used)
 
 
-class _Switch(ContextDecorator):
-    """Base of the scoped switches: a `with` block, or a decorator of plain and async functions."""
+def _scoped(function: Callable, switch: Callable[[], Any]) -> Callable:
+    """`function` run inside a fresh `with switch():`, awaited inside it when it is a coroutine function."""
+    if inspect.iscoroutinefunction(function):
 
-    def __call__(self, func: Callable) -> Callable:
-        if not inspect.iscoroutinefunction(func):
-            return super().__call__(func)
+        @functools.wraps(function)
+        async def run_async(*args, **kwargs):
+            with switch():
+                return await function(*args, **kwargs)
 
-        @functools.wraps(func)
-        async def run(*args, **kwargs):
-            with self._recreate_cm():
-                return await func(*args, **kwargs)
+        return run_async
 
-        return run
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with switch():
+            return function(*args, **kwargs)
+
+    return run
 
 
-class cachy(_Switch):  # noqa: N801 - reads as a statement: `with cachy():`
-    """Enable cachy inside a block or decorated function, then restore whatever configuration was there before."""
+class cachy:  # noqa: N801 - reads as a statement: `with cachy():`
+    """Cache inside a block or decorated function (plain or async), then put back exactly what was there.
+
+    The block's configuration serves its own thread or task even when other blocks open and close meanwhile,
+    and every other thread too unless a later block is open. One instance may be entered again, nested or
+    from several threads: each entry is its own."""
 
     @delegates(enable_cachy)
-    def __init__(self, **kwargs):
-        self._kwargs, self._previous = kwargs, None
+    def __init__(self, **enable_kwargs):
+        self._kwargs = enable_kwargs
 
-    def _recreate_cm(self) -> cachy:
-        return cachy(**self._kwargs)
+    def __call__(self, function: Callable) -> Callable:
+        return _scoped(function, lambda: cachy(**self._kwargs))
 
     def __enter__(self) -> Stats:
-        self._previous = _config
-        enable_cachy(**self._kwargs)
-        return _config.stats
+        engine = _engine(**self._kwargs)
+        _blocks.append(engine)
+        _context_blocks.set((*_context_blocks.get(), engine))
+        _patch()
+        return engine.stats
 
     def __exit__(self, *exc_info) -> None:
-        _restore(self._previous)
+        *outer, engine = _context_blocks.get()  # blocks nest within a thread or task: the last is this one
+        _context_blocks.set(tuple(outer))
+        if engine in _blocks:
+            _blocks.remove(engine)
+        if _current_engine() is None:
+            _unpatch()
 
 
-class no_cachy(_Switch):  # noqa: N801
-    """Send requests live inside a block: nothing is read from or written to the cache (per thread and task)."""
+class no_cachy:  # noqa: N801
+    """Send requests live inside a block or decorated function: nothing is read from or written to the cache.
+    It holds for its own thread or task only; one instance may be entered again, nested or from several threads."""
 
-    def _recreate_cm(self) -> no_cachy:
-        return no_cachy()
+    def __call__(self, function: Callable) -> Callable:
+        return _scoped(function, no_cachy)
 
     def __enter__(self) -> None:
-        self._token = _bypass.set(True)
+        _bypass.set(_bypass.get() + 1)
 
     def __exit__(self, *exc_info) -> None:
-        _bypass.reset(self._token)
+        _bypass.set(_bypass.get() - 1)

@@ -3,7 +3,6 @@ replay mode for CI, a summary of what was cached, and pruning after a complete, 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -39,12 +38,6 @@ class CachySession:
         """The session's options as `enable_cachy` arguments, with a marker's arguments on top."""
         return {"cache_dir": self.folder, "mode": self.config.getoption("cachy_mode"), **overrides}
 
-    def add(self, part: Stats) -> None:
-        for field in dataclasses.fields(Stats):
-            if field.name != "used":
-                setattr(self.total, field.name, getattr(self.total, field.name) + getattr(part, field.name))
-        self.total.used |= set(part.used)
-
     def pytest_sessionstart(self) -> None:
         if self.config.getoption("cachy") or self.config.getini("cachy"):
             self.switch = cachy(**self.enable_kwargs())
@@ -63,16 +56,15 @@ class CachySession:
         if error or output is None:
             self.crashed_workers.append(str(getattr(node, "gateway", node).id))
             return
-        self.add(Stats(**{**output["stats"], "used": set(output["stats"]["used"])}))
+        self.total.add(Stats.from_dict(output["stats"]))
         self.deselected += output["deselected"]
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.switch is not None:
             self.switch.__exit__(None, None, None)
-            self.add(self.session_stats)
+            self.total.add(self.session_stats)
         if hasattr(self.config, "workerinput"):  # a worker reports; the controller decides
-            stats = dataclasses.asdict(self.total) | {"used": sorted(self.total.used)}
-            self.config.workeroutput["cachy"] = {"stats": stats, "deselected": self.deselected}
+            self.config.workeroutput["cachy"] = {"stats": self.total.to_dict(), "deselected": self.deselected}
         elif self.config.getoption("cachy_prune"):
             self.pruned = self.prune(exitstatus)
 
@@ -107,7 +99,7 @@ def _scoped(request: pytest.FixtureRequest, **overrides):
     session: CachySession = request.config.pluginmanager.get_plugin("cachy-session")
     with cachy(**session.enable_kwargs(**overrides)) as stats:
         yield stats
-    session.add(stats)
+    session.total.add(stats)
 
 
 @pytest.fixture(name="cachy")

@@ -122,10 +122,10 @@ def test_the_fixture_and_the_marker_cache_one_test_and_restore_afterwards(pytest
         @pytest.mark.cachy(mode="refresh")
         def test_marker():
             ask("one")
-            assert core._config.mode == "refresh"
+            assert core._current_engine().mode == "refresh"
 
         def test_neither():
-            assert core._config is None
+            assert core._current_engine() is None
             ask("one")
         """
     )
