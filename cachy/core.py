@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -171,22 +172,23 @@ _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_
 _BOUNDARY = re.compile(r'boundary="?([^";\s]+)')
 
 
-def _normalised_body(call: Call, rules: list[tuple[re.Pattern, str]]) -> bytes:
-    """The body with what differs between identical calls made constant: the multipart boundary, the
-    `key_rules`, JSON key order (any body that parses as JSON, whatever its content-type says)."""
+def _normalised(call: Call, rules: list[tuple[re.Pattern, str]]) -> tuple[bytes, Any]:
+    """The body with what differs between identical calls made constant (the multipart boundary, the
+    `key_rules`, JSON key order), and the JSON document it holds, if any, whatever its content-type says."""
     body = call.body
     if body.startswith(b"--") and (boundary := _BOUNDARY.search(call.headers.get("content-type", ""))):
-        return body.replace(boundary.group(1).encode(), b"cachy-boundary")
+        return body.replace(boundary.group(1).encode(), b"cachy-boundary"), None
     try:
         text = body.decode()
     except UnicodeDecodeError:
-        return body
+        return body, None
     for pattern, replacement in rules:
         text = pattern.sub(replacement, text)
     try:
-        return _CANONICAL_JSON.encode(json.loads(text)).encode()
+        document = json.loads(text)
+        return _CANONICAL_JSON.encode(document).encode(), document
     except (ValueError, RecursionError):
-        return text.encode()
+        return text.encode(), None
 
 
 def _digest(head: str, body: bytes) -> str:
@@ -204,9 +206,9 @@ def _raw_digest(call: Call, url: str) -> str:
     return _digest("raw\n" + _head(call, url), call.body)
 
 
-def _key(call: Call, url: str, rules: list[tuple[re.Pattern, str]]) -> str:
+def _key(call: Call, url: str, body: bytes) -> str:
     """Method, public URL, stream flag and normalised body. Headers stay out, so a rotated API key still hits."""
-    return _digest(_head(call, url), _normalised_body(call, rules))
+    return _digest(_head(call, url), body)
 
 
 def _compiled(rules: Iterable[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
@@ -222,7 +224,102 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
     engine = _current_engine()
     rules = engine.rules if engine else _compiled(_project_rules([default_cache_dir()]) + key_rules)
     call = _call_of(request, stream)
-    return _key(call, public_url(call.url), rules)
+    return _key(call, public_url(call.url), _normalised(call, rules)[0])
+
+
+# ------------------------------------------------------------------ why a request missed, what it cost
+_FINGERPRINT_BITS = 960  # 160 characters of base64: a 50-message chat's ~110 fields miss a change ~1.5% of the time
+_FINGERPRINT_DEPTH = 4  # `tools[0].function.description` is a field; anything deeper is hashed into its parent
+
+
+def _fields(document: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, bytes]]:
+    """(JSON path, value) of a request body's fields, down to a fixed depth: the names a miss explains itself by."""
+    if depth < _FINGERPRINT_DEPTH and isinstance(document, dict) and document:
+        for name, value in document.items():
+            yield from _fields(value, f"{path}.{name}" if path else name, depth + 1)
+    elif depth < _FINGERPRINT_DEPTH and isinstance(document, list) and document:
+        for index, value in enumerate(document):
+            yield from _fields(value, f"{path}[{index}]", depth + 1)
+    else:
+        value = document.encode() if isinstance(document, str) else _CANONICAL_JSON.encode(document).encode()
+        yield path or "(the body)", value
+
+
+def _bits(path: str, value: bytes) -> list[int]:
+    item = path.encode() + b"=" + value
+    first, step = zlib.crc32(item), zlib.adler32(item) | 1
+    return [(first + i * step) % _FINGERPRINT_BITS for i in range(4)]
+
+
+def _fingerprint(document: Any) -> str:
+    """A Bloom filter of the body's (path, value) pairs, and their count: enough to name the fields in which a
+    later request differs, in under 200 bytes, with neither the request's text nor any header."""
+    bits, count = bytearray(_FINGERPRINT_BITS // 8), 0
+    for path, value in _fields(document):
+        count += 1
+        for bit in _bits(path, value):
+            bits[bit >> 3] |= 1 << (bit & 7)
+    return f"{count}:{base64.b64encode(bits).decode()}"
+
+
+def _differences(document: Any, fingerprint: str) -> tuple[list[str], int]:
+    """The paths where `document` differs from the fingerprinted request, with a list element that is new
+    as a whole named once (`messages[3]`), and how many more fields the recorded request had."""
+    count, _, encoded = fingerprint.partition(":")
+    bits = base64.b64decode(encoded)
+    fields = list(_fields(document))
+    differing = {path for path, value in fields if not all(bits[b >> 3] >> (b & 7) & 1 for b in _bits(path, value))}
+    more = max(0, int(count) - len(fields))
+    elements: dict[str, list[str]] = {}
+    for path, _ in fields:
+        elements.setdefault(re.sub(r"(\[\d+\]).*", r"\1", path), []).append(path)
+    named = []
+    for element, paths in elements.items():
+        inside = [path for path in paths if path in differing]
+        named += [element] if len(inside) == len(paths) > 1 else inside
+    return named, more
+
+
+def _usage(body: bytes) -> dict[str, int]:
+    """The tokens the provider reported: openai's and anthropic's `usage`, gemini's `usageMetadata`. In a stream
+    (server-sent events) the last report of each count wins, as anthropic reports output tokens at the end."""
+    if b"sage" not in body:  # usage, usageMetadata: most bodies are rejected without parsing
+        return {}
+    if body.lstrip().startswith((b"data:", b"event:")):
+        documents = [
+            _parse_json(line[5:]) for line in body.split(b"\n") if line.startswith(b"data:") and b"sage" in line
+        ]
+    else:
+        document = _parse_json(body)
+        documents = document if isinstance(document, list) else [document]
+    usage: dict[str, int] = {}
+    for document in documents:
+        if not isinstance(document, dict):
+            continue
+        nested = [document.get(name) for name in ("message", "response")]
+        for report in (
+            document.get("usage"),
+            document.get("usageMetadata"),
+            *(n.get("usage") for n in nested if isinstance(n, dict)),
+        ):
+            if isinstance(report, dict):
+                usage |= _counts(report)
+    return usage
+
+
+_TOKEN_NAMES = {
+    "input": ("prompt_tokens", "input_tokens", "promptTokenCount"),
+    "output": ("completion_tokens", "output_tokens", "candidatesTokenCount"),
+}
+
+
+def _counts(report: dict) -> dict[str, int]:
+    counts = {}
+    for count, names in _TOKEN_NAMES.items():
+        found = [report[name] for name in names if type(report.get(name)) is int]
+        if found:
+            counts[count] = found[0]
+    return counts
 
 
 # -------------------------------------------------------------------------------- the line format
@@ -483,6 +580,20 @@ class Store:
             for start in range(0, offset, 1 << 20):
                 before += _read_at(self._reader, min(1 << 20, offset - start), start).count(b"\n")
             return before + 1
+
+    def entries_for(self, method: str, url: str) -> Iterator[dict]:
+        """Every entry recorded for `method` and `url` (last of each slot), read from the file: misses only."""
+        with self._mutex:
+            if self._reader is None:
+                return
+            needle = b'"url": ' + _ENCODER.encode(url).encode()
+            lines = [line for line in _lines(self._reader, 0) if needle in line]
+        latest = {}
+        for line in lines:
+            data = _parse_json(line)
+            if isinstance(data, dict) and data.get("method") == method and isinstance(data.get("key"), str):
+                latest[_slot(data["key"], data.get("n", 1))] = data
+        yield from latest.values()
 
     def refresh(self) -> None:
         """Notice a file changed in place (same size, other content), as `enable_cachy` does; the next
@@ -758,6 +869,7 @@ class Miss:
     key: str
     raw: str
     n: int
+    document: Any  # the body's JSON, normalised: its fingerprint is stored to explain later misses
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -833,8 +945,10 @@ class Engine:
         raw = _raw_digest(call, url)
         n = self._occurrence(raw) if self.repeats else 1
         key = None if self.mode == "refresh" else self.store.key_of_raw(raw)
+        document = None
         if key is None:  # not these exact bytes: the usual miss, or the same request written differently
-            key = _key(call, url, self.rules)
+            body, document = _normalised(call, self.rules)
+            key = _key(call, url, body)
         slot = _slot(key, n)
         offset = None if self.mode == "refresh" else self.store.locate(slot)
         if offset is not None and (entry := self.store.read(slot, offset)) is not None:
@@ -844,15 +958,42 @@ class Engine:
                 self.stats.saved_input_tokens += entry.usage.get("input", 0)
                 self.stats.saved_output_tokens += entry.usage.get("output", 0)
             return entry
+        if document is None and call.body:  # a hit by these exact bytes whose entry turned out damaged
+            document = _normalised(call, self.rules)[1]
+        miss = Miss(call, url, key, raw, n, document)
         if self.mode == "replay":
-            self.note("replay_misses", call.method, url, slot)
+            why = self.explain(miss)
+            self.note("replay_misses", call.method, url, slot, f"\n  why: {why}")
             occurrence = f" (occurrence {n} of this request)" if n > 1 else ""
             raise CachyMiss(
                 f"cachy: no recorded response for {call.method} {url}{occurrence} (key {key}) in "
                 f"{self.store.path}, and cachy is in replay mode. Record it by running once with API keys in "
-                'record mode (CACHY_MODE=record, or enable_cachy(mode="record")), then commit the file.'
+                'record mode (CACHY_MODE=record, or enable_cachy(mode="record")), then commit the file.\n'
+                f"Why it missed: {why}."
             )
-        return Miss(call, url, key, raw, n)
+        return miss
+
+    def explain(self, miss: Miss) -> str:
+        """Why `miss` missed: the closest recorded request to the same endpoint, and the fields that differ."""
+        recorded = list(self.store.entries_for(miss.call.method, miss.url))
+        if not recorded:
+            return f"Nothing is recorded for {miss.call.method} {urlsplit(miss.url).path}"
+        same = [entry for entry in recorded if entry["key"] == miss.key]
+        if same:
+            return f"This request is recorded {len(same)} times; this is occurrence {miss.n}"
+        if miss.document is None:
+            return f"{len(recorded)} requests are recorded for this endpoint; this body is not JSON, so cachy cannot say where it differs"
+        compared = [
+            (_differences(miss.document, entry["shape"]), entry)
+            for entry in recorded
+            if isinstance(entry.get("shape"), str)
+        ]
+        if not compared:
+            return f"{len(recorded)} requests are recorded for this endpoint, none with a fingerprint to compare with"
+        (paths, more), closest = min(compared, key=lambda pair: len(pair[0][0]) + pair[0][1])
+        differs = ", ".join(paths[:8]) + (f" and {len(paths) - 8} more" if len(paths) > 8 else "")
+        extra = f"; it had {more} more fields" if more else ""
+        return f"The closest recorded request (key {closest['key']}) differs in {differs or 'fields it lacks'}{extra}"
 
     def _occurrence(self, raw: str) -> int:
         """With repeats: which time this configuration sees these exact bytes."""
@@ -895,6 +1036,8 @@ class Engine:
         fields |= {
             "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - miss.started, 3),
+            **({"usage": usage} if (usage := _usage(body)) else {}),
+            **({"shape": _fingerprint(miss.document)} if miss.document is not None else {}),
         }
         try:
             self.store.append(miss.slot, miss.raw, _entry_line(miss.key, miss.raw, miss.n, fields))

@@ -95,6 +95,7 @@ def test_a_replay_miss_fails_its_test_fast_with_the_clear_message(pytester, inne
         [
             "*CachyMiss: cachy: no recorded response for POST https://api.openai.com/v1/chat/completions (key *) in *"
             "cachy.jsonl, and cachy is in replay mode. Record it by running once with API keys in record mode*",
+            "*Why it missed: The closest recorded request (key *) differs in messages[[]0[]].content.",
             "cachy: 1 hits, 0 recorded, * 1 replay misses",
         ]
     )
