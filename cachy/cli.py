@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import demo
-from .core import _slot, compact_cachy, default_cache_dir, scan_file
+from .core import KEY_VERSION, Stats, _slot, compact_cachy, default_cache_dir, scan_file
 
 
 class _UserError(Exception):
@@ -29,15 +29,21 @@ def _cache_file(path: str | None) -> Path:
 
 
 def stats(path: str | None) -> None:
-    """Entries, size, duplicates, damaged lines, and where the bytes go, by host and endpoint."""
+    """Entries, size, duplicates, damaged lines, key versions, when they were recorded, what a replay of them
+    all saves, and where the bytes go, by host and endpoint."""
     file = _cache_file(path)
-    keys, damaged, endpoints = Counter(), [], Counter()
-    size_by_endpoint = Counter()
+    keys, versions, damaged, endpoints = Counter(), Counter(), [], Counter()
+    size_by_endpoint, dates, saved = Counter(), [], Stats()
     for number, line, entry in scan_file(file):
         if entry is None:
             damaged.append(number)
             continue
         keys[_slot(entry["key"], entry.get("n", 1))] += 1
+        versions[entry.get("v", 1)] += 1
+        dates += [entry["recorded_at"]] if isinstance(entry.get("recorded_at"), str) else []
+        saved.saved_seconds += entry.get("seconds", 0)
+        saved.saved_input_tokens += entry.get("usage", {}).get("input", 0)
+        saved.saved_output_tokens += entry.get("usage", {}).get("output", 0)
         url = urlsplit(entry.get("url", ""))
         endpoint = f"{entry.get('method', '?')} {url.netloc}{url.path}"
         endpoints[endpoint] += 1
@@ -46,6 +52,11 @@ def stats(path: str | None) -> None:
     print(f"{file}: {len(keys)} entries, {file.stat().st_size:,} bytes")
     print(f"duplicate keys: {len(duplicates)}{' (' + ', '.join(duplicates) + ')' if duplicates else ''}")
     print(f"damaged lines: {damaged or 'none'}")
+    by_version = ", ".join(f"{count} by version {version}" for version, count in sorted(versions.items()))
+    stale = " (stale: cachy compact --drop-stale drops them)" if set(versions) - {KEY_VERSION} else ""
+    print(f"key versions: {by_version or 'none'}; this cachy writes version {KEY_VERSION}{stale}")
+    print(f"recorded: {f'{min(dates)} to {max(dates)}' if dates else 'no dates (written before cachy kept them)'}")
+    print(f"a replay of every entry {saved.savings()}")
     if endpoints:
         print(f"\n{'entries':>8} {'bytes':>12}  endpoint")
         for endpoint, count in endpoints.most_common():
@@ -72,23 +83,43 @@ def _body(entry: dict) -> str:
 def show(key: str, path: str | None) -> None:
     """One entry, the last one recorded for `key` (a unique prefix of it is enough)."""
     file = _cache_file(path)
-    found = {entry["key"]: entry for *_, entry in scan_file(file) if entry and entry["key"].startswith(key)}
+    found, damaged = {}, []
+    for number, line, entry in scan_file(file):
+        if entry and entry["key"].startswith(key):
+            found[entry["key"]] = entry
+        elif entry is None and f'"key": "{key}'.encode() in line:
+            damaged.append(number)
     if not found:
-        raise _UserError(f"no entry with key {key!r} in {file}")
+        damage = (
+            f"; line {', '.join(map(str, damaged))} has that key but is damaged, so cachy skips it" if damaged else ""
+        )
+        raise _UserError(f"no entry with key {key!r} in {file}{damage}")
     if len(found) > 1:
         raise _UserError(f"{key!r} is the start of {len(found)} keys: {', '.join(sorted(found))}")
     entry = found.popitem()[1]
     print(f"key:     {entry['key']}\nrequest: {entry.get('method', '?')} {entry.get('url', '?')}")
-    print(f"status:  {entry.get('status_code')}\nheaders: {json.dumps(entry.get('headers', {}))}\n")
+    print(f"status:  {entry.get('status_code')}\nheaders: {json.dumps(entry.get('headers', {}))}")
+    print(f"version: {entry.get('v', 1)}, occurrence {entry.get('n', 1)}")
+    if "recorded_at" in entry:
+        print(
+            f"recorded {entry['recorded_at']}, took {entry.get('seconds', 0)} s, usage {json.dumps(entry.get('usage', {}))}"
+        )
+    if isinstance(entry.get("shape"), str):
+        print(f"fingerprint of {entry['shape'].partition(':')[0]} request fields (to explain misses)")
+    print()
     print(_body(entry))
 
 
-def compact(path: str | None) -> None:
+def compact(path: str | None, drop_stale: bool = False) -> None:
     """Rewrite the file deduplicated, without damaged lines, sorted by key."""
     file = _cache_file(path)
-    result = compact_cachy(file)
+    try:
+        result = compact_cachy(file, drop_stale=drop_stale)
+    except ValueError as refusal:
+        raise _UserError(str(refusal)) from None
+    stale = f", dropped {result.stale} entries of other key versions" if drop_stale else ""
     print(
-        f"{file}: kept {result.kept} entries, dropped {result.duplicates} duplicates, damaged lines dropped: {result.damaged or 'none'}"
+        f"{file}: kept {result.kept} entries, dropped {result.duplicates} duplicates{stale}, damaged lines dropped: {result.damaged or 'none'}"
     )
 
 
@@ -98,13 +129,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     where = "the cache file or its folder (default: cachy.jsonl next to the nearest pyproject.toml)"
-    for name, func in (("stats", stats), ("compact", compact)):
-        sub = commands.add_parser(name, help=func.__doc__.splitlines()[0], description=func.__doc__)
-        sub.add_argument("path", nargs="?", help=where)
+    sub = commands.add_parser("stats", help=stats.__doc__.splitlines()[0], description=stats.__doc__)
+    sub.add_argument("path", nargs="?", help=where)
+    sub.set_defaults(run=lambda args: stats(args.path))
     sub = commands.add_parser("show", help=show.__doc__, description=show.__doc__)
     sub.add_argument("key", help="the entry's key, or a unique start of it")
     sub.add_argument("--file", dest="path", help=where)
-    commands.add_parser("demo", help="record and replay calls to a fake provider, offline, and show the timings")
+    sub.set_defaults(run=lambda args: show(args.key, args.path))
+    sub = commands.add_parser("compact", help=compact.__doc__, description=compact.__doc__)
+    sub.add_argument("path", nargs="?", help=where)
+    sub.add_argument("--drop-stale", action="store_true", help="also drop entries written by another key version")
+    sub.set_defaults(run=lambda args: compact(args.path, args.drop_stale))
+    sub = commands.add_parser("demo", help="record and replay calls to a fake provider, offline, and show the timings")
+    sub.set_defaults(run=lambda args: demo.run())
     return parser
 
 
@@ -112,12 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `cachy` and `python -m cachy`."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            demo.run()
-        elif args.command == "show":
-            show(args.key, args.path)
-        else:
-            {"stats": stats, "compact": compact}[args.command](args.path)
+        args.run(args)
     except _UserError as failure:
         print(f"cachy {args.command}: {failure}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from .core import cachy_stats, disable_cachy, enable_cachy
+from .core import cachy, cachy_stats
 
 
 class FakeProvider(ThreadingHTTPServer):
@@ -45,16 +45,20 @@ class _Handler(BaseHTTPRequestHandler):
         if request.get("stream"):
             return self._stream(words)
         time.sleep(self.server.delay)
-        body = json.dumps({"id": f"fake-{self.server.calls}", "choices": [{"message": {"content": " ".join(words)}}]})
+        usage = {"prompt_tokens": 12, "completion_tokens": len(words)}
+        body = json.dumps(
+            {"id": f"fake-{self.server.calls}", "choices": [{"message": {"content": " ".join(words)}}], "usage": usage}
+        )
         self._start("application/json", {"content-length": str(len(body))})
         self.wfile.write(body.encode())
 
     def _stream(self, words: list[str]) -> None:
         """One server-sent event per word, spread over the delay, so the first byte comes early."""
         self._start("text/event-stream", {"transfer-encoding": "chunked"})
-        for word in [*words, "[DONE]"]:
+        usage = json.dumps({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": len(words)}})
+        for word in [*words, usage, "[DONE]"]:
             time.sleep(self.server.delay / len(words))
-            data = word if word == "[DONE]" else json.dumps({"choices": [{"delta": {"content": word + " "}}]})
+            data = word if word in (usage, "[DONE]") else json.dumps({"choices": [{"delta": {"content": word + " "}}]})
             event = f"data: {data}\n\n".encode()
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
             self.wfile.flush()
@@ -84,20 +88,25 @@ def run(delay: float = 0.5) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="cachy-demo-"))
     with FakeProvider(delay) as provider, httpx.Client(base_url=provider.url) as client:
         print(f"A fake LLM provider on {provider.url} answers in about {delay} s.")
-        enable_cachy(folder, doms=("127.0.0.1",))
-        question = {"model": "demo", "messages": [{"role": "user", "content": "why cache LLM calls?"}]}
-        for attempt in (1, 2):
-            hits, start = cachy_stats().hits, time.perf_counter()
-            answer = client.post("/v1/chat/completions", json=question).json()["choices"][0]["message"]["content"]
-            print(f"call {attempt}:   {_outcome(hits):<15} {_ms(time.perf_counter() - start)}  {answer!r}")
-        for attempt in (1, 2):
-            hits, start, first = cachy_stats().hits, time.perf_counter(), None
-            with client.stream("POST", "/v1/chat/completions", json={**question, "stream": True}) as response:
-                for _ in response.iter_bytes():
-                    first = first or time.perf_counter() - start
-            total = time.perf_counter() - start
-            print(f"stream {attempt}: {_outcome(hits):<15} {_ms(total)}  (first bytes after {_ms(first).strip()})")
-        print(f"{cachy_stats()}; the provider was called {provider.calls} times.")
-        disable_cachy()
+        with cachy(cache_dir=folder, doms=("127.0.0.1",)):
+            _calls(client)
+        print(f"The provider was called {provider.calls} times.")
     print(f"The cache file is {folder / 'cachy.jsonl'}")
     return folder / "cachy.jsonl"
+
+
+def _calls(client: httpx.Client) -> None:
+    """One call and one streamed call, twice each, with what cachy did and how long it took."""
+    question = {"model": "demo", "messages": [{"role": "user", "content": "why cache LLM calls?"}]}
+    for attempt in (1, 2):
+        hits, start = cachy_stats().hits, time.perf_counter()
+        answer = client.post("/v1/chat/completions", json=question).json()["choices"][0]["message"]["content"]
+        print(f"call {attempt}:   {_outcome(hits):<15} {_ms(time.perf_counter() - start)}  {answer!r}")
+    for attempt in (1, 2):
+        hits, start, first = cachy_stats().hits, time.perf_counter(), None
+        with client.stream("POST", "/v1/chat/completions", json={**question, "stream": True}) as response:
+            for _ in response.iter_bytes():
+                first = first or time.perf_counter() - start
+        total = time.perf_counter() - start
+        print(f"stream {attempt}: {_outcome(hits):<15} {_ms(total)}  (first bytes after {_ms(first).strip()})")
+    print(cachy_stats())
