@@ -113,5 +113,5 @@ def test_demo_records_then_replays_offline(tmp_path, capsys, monkeypatch):
     assert [line.split(":")[0] for line in lines[1:5]] == ["call 1", "call 2", "stream 1", "stream 2"]
     assert "miss, recorded" in lines[1] and "hit" in lines[2]
     assert "miss, recorded" in lines[3] and "hit" in lines[4]
-    assert "the provider was called 2 times" in out
+    assert "2 hits, 2 recorded" in lines[5] and "The provider was called 2 times." in out
     assert len(entries(path.parent)) == 2
