@@ -96,7 +96,7 @@ def _machine_rules() -> list[tuple[str, str]]:
     folders = {sys.prefix: "<python>", sys.base_prefix: "<python>", str(Path.home()): "~"}
     by_length = sorted(folders.items(), key=lambda item: -len(item[0]))
     return [
-        (r"(?:[A-Za-z]:)?(?:[/\\]+[^/\\\s\"'<>]+)*?[/\\]+(?:site|dist)-packages(?=[/\\])", "<site-packages>"),
+        (r"/(?:[^/\s\"'<>]+/)*?(?:site|dist)-packages(?=/)", "<site-packages>"),  # starts with a literal: fast
         *(_path_rule(folder, placeholder) for folder, placeholder in by_length if len(folder) > 1),
     ]
 
@@ -232,34 +232,35 @@ _FINGERPRINT_BITS = 960  # 160 characters of base64: a 50-message chat's ~110 fi
 _FINGERPRINT_DEPTH = 4  # `tools[0].function.description` is a field; anything deeper is hashed into its parent
 
 
-def _fields(document: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, bytes]]:
+def _fields(document: Any, path: str = "", depth: int = 0, into: list | None = None) -> list[tuple[str, bytes]]:
     """(JSON path, value) of a request body's fields, down to a fixed depth: the names a miss explains itself by."""
+    into = [] if into is None else into
     if depth < _FINGERPRINT_DEPTH and isinstance(document, dict) and document:
         for name, value in document.items():
-            yield from _fields(value, f"{path}.{name}" if path else name, depth + 1)
+            _fields(value, f"{path}.{name}" if path else name, depth + 1, into)
     elif depth < _FINGERPRINT_DEPTH and isinstance(document, list) and document:
         for index, value in enumerate(document):
-            yield from _fields(value, f"{path}[{index}]", depth + 1)
+            _fields(value, f"{path}[{index}]", depth + 1, into)
     else:
-        value = document.encode() if isinstance(document, str) else _CANONICAL_JSON.encode(document).encode()
-        yield path or "(the body)", value
+        value = document if isinstance(document, str) else _CANONICAL_JSON.encode(document)
+        into.append((path or "(the body)", value.encode()))
+    return into
 
 
-def _bits(path: str, value: bytes) -> list[int]:
-    item = path.encode() + b"=" + value
-    first, step = zlib.crc32(item), zlib.adler32(item) | 1
-    return [(first + i * step) % _FINGERPRINT_BITS for i in range(4)]
+def _bits(path: str, value: bytes) -> tuple[int, ...]:
+    first = zlib.crc32(value, zlib.crc32(path.encode()))
+    step = zlib.crc32(value, first) | 1
+    return tuple((first + i * step) % _FINGERPRINT_BITS for i in range(4))
 
 
 def _fingerprint(document: Any) -> str:
     """A Bloom filter of the body's (path, value) pairs, and their count: enough to name the fields in which a
     later request differs, in under 200 bytes, with neither the request's text nor any header."""
-    bits, count = bytearray(_FINGERPRINT_BITS // 8), 0
-    for path, value in _fields(document):
-        count += 1
+    bits, fields = bytearray(_FINGERPRINT_BITS // 8), _fields(document)
+    for path, value in fields:
         for bit in _bits(path, value):
             bits[bit >> 3] |= 1 << (bit & 7)
-    return f"{count}:{base64.b64encode(bits).decode()}"
+    return f"{len(fields)}:{base64.b64encode(bits).decode()}"
 
 
 def _differences(document: Any, fingerprint: str) -> tuple[list[str], int]:
@@ -267,7 +268,7 @@ def _differences(document: Any, fingerprint: str) -> tuple[list[str], int]:
     as a whole named once (`messages[3]`), and how many more fields the recorded request had."""
     count, _, encoded = fingerprint.partition(":")
     bits = base64.b64decode(encoded)
-    fields = list(_fields(document))
+    fields = _fields(document)
     differing = {path for path, value in fields if not all(bits[b >> 3] >> (b & 7) & 1 for b in _bits(path, value))}
     more = max(0, int(count) - len(fields))
     elements: dict[str, list[str]] = {}

@@ -29,12 +29,18 @@ PADDING = "lorem ipsum dolor sit amet " * 36  # makes each response about 1 KB
 IS_ORIGINAL = not hasattr(cachy, "compact_cachy")  # pycachy 0.0.22 has no compaction
 
 
-def question(n: int) -> dict:
-    return {"model": "bench", "messages": [{"role": "user", "content": f"question {n}"}]}
+def question(n: int, history: list[dict] = ()) -> dict:
+    return {"model": "bench", "messages": [*history, {"role": "user", "content": f"question {n}"}]}
+
+
+def conversation(kilobytes: int) -> list[dict]:
+    """An earlier chat of about `kilobytes` KB, as a tool loop or a long chat resends with each turn."""
+    turn = "a sentence of an earlier turn, with a number or two: 42, 3.14. " * 8  # ~0.5 KB
+    return [{"role": ("user", "assistant")[n % 2], "content": f"{n}: {turn}"} for n in range(kilobytes * 2)]
 
 
 def answer(request: httpx.Request) -> httpx.Response:
-    content = json.loads(request.content)["messages"][0]["content"]
+    content = json.loads(request.content)["messages"][-1]["content"]
     return httpx.Response(
         200, json={"id": content, "object": "chat.completion", "text": PADDING[: 1000 - len(content)]}
     )
@@ -116,14 +122,52 @@ def cold_start(folder: str, hits: int) -> None:
     print(json.dumps({"first_request_s": first, "memory_growth_mb": rss_mb() - before}))
 
 
+def by_request_size(http: httpx.Client, kilobytes: list[int], samples: int) -> None:
+    """Hit and miss cost as the request body grows, on a cache of 1,000 entries of that size."""
+    print(f"\n{samples} calls of each kind per request size, on a cache of 1,000 such entries")
+    print("| request body | plain round trip | hit | hit / plain | miss (record) | miss / plain |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for size in kilobytes:
+        folder, history = Path(tempfile.mkdtemp(prefix="cachy-bench-")), conversation(size)
+        enable_cachy(folder)
+        for n in range(1000):
+            http.post(URL, json=question(n, history))
+        body = len(json.dumps(question(0, history)).encode()) / 1024
+        figures = interleaved(
+            {
+                "plain": (disable_cachy, lambda n, h=history: http.post(URL, json=question(n % 1000, h)), samples),
+                "hit": (
+                    lambda f=folder: enable_cachy(f),
+                    lambda n, h=history: http.post(URL, json=question(n % 1000, h)),
+                    samples,
+                ),
+                "miss": (
+                    lambda f=folder: enable_cachy(f),
+                    lambda n, h=history: http.post(URL, json=question(10**6 + n, h)),
+                    samples // 2,
+                ),
+            }
+        )
+        disable_cachy()
+        (plain, _), (hit, hit_ratio), (miss, miss_ratio) = figures["plain"], figures["hit"], figures["miss"]
+        print(
+            f"| {body:.0f} KB | {plain:.0f} us | {hit:.0f} us | {hit_ratio:.2f}x | {miss:.0f} us | {miss_ratio:.2f}x |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000", help="cache sizes to measure at")
     parser.add_argument("--samples", type=int, default=4000, help="calls per median")
+    parser.add_argument("--bodies", default="2,50,200", help="request body sizes in KB (empty: skip)")
     parser.add_argument("--cold", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cold:
         return cold_start(args.cold, hits=args.samples)
+    if args.bodies and not IS_ORIGINAL:
+        by_request_size(client(), [int(size) for size in args.bodies.split(",")], min(args.samples, 1000))
+    if not args.sizes:
+        return
     sizes = [int(size) for size in args.sizes.split(",")]
     http = client()
     name = "pycachy 0.0.22 (the original)" if IS_ORIGINAL else f"cachy {cachy.__version__}"
