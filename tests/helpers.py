@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 import httpx
 import httpx2
 
+CHAT = "https://api.openai.com/v1/chat/completions"
+
 
 class Upstream:
     """A fake provider for MockTransport. `reply(request, n)` gives the n-th answer (status, headers, body);

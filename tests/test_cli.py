@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import Upstream, entries
+from helpers import CHAT, Upstream, entries
 
 from cachy import disable_cachy, enable_cachy
 from cachy.cli import main
-
-CHAT = "https://api.openai.com/v1/chat/completions"
 
 
 @pytest.fixture

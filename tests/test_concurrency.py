@@ -14,10 +14,9 @@ import time
 
 import httpx
 import pytest
+from helpers import CHAT
 
 from cachy import CachyWarning, enable_cachy
-
-CHAT = "https://api.openai.com/v1/chat/completions"
 
 WRITER = """
 import sys, threading, httpx
@@ -58,6 +57,8 @@ def test_eight_processes_of_four_threads_lose_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_a_writer_killed_mid_recording_leaves_a_file_that_loads(tmp_path):
+    """SIGKILL at an arbitrary moment: mid-line or between lines, the file loads and every whole entry replays.
+    (That the kill may fall between lines is why test_store pins the cut-off last line on its own.)"""
     process = writer(tmp_path, 0, threads=2, requests=10_000, size=200_000)
     for _ in range(20):  # let it record some entries, then kill it without warning, mid-write or not
         process.stdout.readline()

@@ -130,7 +130,7 @@ def test_the_fixture_and_the_marker_cache_one_test_and_restore_afterwards(pytest
             ask("one")
         """
     )
-    result = pytester.runpytest("-p", "no:randomly")
+    result = pytester.runpytest()
     result.assert_outcomes(passed=3)
     assert upstream_calls(pytester) == 3  # fixture: one live call; marker: refreshed; no cachy: live
     assert len(cache_lines(pytester)) == 2

@@ -9,11 +9,9 @@ import sys
 import textwrap
 
 import pytest
-from helpers import entries
+from helpers import CHAT, entries
 
 from cachy import CachyWarning, compact_cachy, core, disable_cachy, enable_cachy
-
-CHAT = "https://api.openai.com/v1/chat/completions"
 
 
 def ask(upstream, n: int) -> int:

@@ -16,8 +16,9 @@ URL = "https://api.anthropic.com/v1/messages"
 EVENTS = [b"event: a\ndata: 1\n\n", b"event: b\ndata: 2\n\n", b"event: c\ndata: 3\n\n"]
 
 
-class Upstream:
-    """Streams EVENTS, recording what the caller had received when each chunk was produced; can break midway."""
+class PacedUpstream:
+    """Streams EVENTS, recording what the caller had received when each chunk was produced; can break midway.
+    Unlike helpers.Upstream, it sees the caller's progress, which is what shows that nothing is buffered."""
 
     def __init__(self, module=httpx, break_after: int | None = None):
         self.module, self.break_after, self.calls = module, break_after, 0
@@ -43,7 +44,7 @@ class Upstream:
         return self.module.AsyncClient(transport=self.module.MockTransport(self.handler))
 
 
-def read(client, upstream: Upstream) -> bytes:
+def read(client, upstream: PacedUpstream) -> bytes:
     with client.stream("POST", URL, json={"stream": True}) as response:
         for chunk in response.iter_bytes():
             upstream.received.append(chunk)
@@ -52,7 +53,7 @@ def read(client, upstream: Upstream) -> bytes:
 
 @pytest.mark.parametrize("module", [httpx, httpx2])
 def test_a_miss_passes_chunks_on_as_they_arrive_and_records_at_the_end(cache_dir, module):
-    upstream = Upstream(module)
+    upstream = PacedUpstream(module)
     with upstream.client().stream("POST", URL, json={"stream": True}) as response:
         for chunk in response.iter_bytes():
             assert entries(cache_dir) == []  # nothing is written before the stream's end
@@ -66,7 +67,7 @@ def test_a_miss_passes_chunks_on_as_they_arrive_and_records_at_the_end(cache_dir
 
 
 def test_an_async_miss_passes_chunks_on_as_they_arrive(cache_dir):
-    upstream = Upstream(httpx2)
+    upstream = PacedUpstream(httpx2)
 
     async def run():
         async with upstream.async_client() as client, client.stream("POST", URL, json={"stream": True}) as response:
@@ -82,7 +83,7 @@ def test_an_async_miss_passes_chunks_on_as_they_arrive(cache_dir):
 
 
 def test_a_hit_replays_the_exact_bytes_including_the_final_blank_line(cache_dir):
-    upstream = Upstream()
+    upstream = PacedUpstream()
     read(upstream.client(), upstream)
     upstream.received.clear()
     replayed = read(upstream.client(), upstream)
@@ -90,7 +91,7 @@ def test_a_hit_replays_the_exact_bytes_including_the_final_blank_line(cache_dir)
 
 
 def test_stream_and_non_stream_calls_are_cached_apart(cache_dir):
-    upstream = Upstream()
+    upstream = PacedUpstream()
     read(upstream.client(), upstream)
     upstream.client().post(URL, json={"stream": True})
     assert upstream.calls == 2
@@ -100,14 +101,14 @@ def test_stream_and_non_stream_calls_are_cached_apart(cache_dir):
 
 def test_a_stream_closed_after_its_first_chunk_is_completed_before_it_is_stored(cache_dir):
     """SDKs close a stream once they see its final event: the rest is read so the whole body is stored."""
-    upstream = Upstream()
+    upstream = PacedUpstream()
     with upstream.client().stream("POST", URL, json={"stream": True}) as response:
         next(response.iter_bytes())
     assert entries(cache_dir)[0]["response"] == b"".join(EVENTS).decode()
 
 
 def test_a_stream_closed_before_it_is_read_records_nothing(cache_dir):
-    upstream = Upstream()
+    upstream = PacedUpstream()
     with upstream.client().stream("POST", URL, json={"stream": True}) as response:
         assert response.status_code == 200
     assert entries(cache_dir) == []
@@ -115,7 +116,7 @@ def test_a_stream_closed_before_it_is_read_records_nothing(cache_dir):
 
 @pytest.mark.parametrize("module", [httpx, httpx2])
 def test_a_stream_that_breaks_midway_records_nothing(cache_dir, module):
-    upstream = Upstream(module, break_after=2)
+    upstream = PacedUpstream(module, break_after=2)
     with pytest.raises(module.ReadError), upstream.client().stream("POST", URL, json={"stream": True}) as response:
         for chunk in response.iter_bytes():
             upstream.received.append(chunk)
@@ -124,7 +125,7 @@ def test_a_stream_that_breaks_midway_records_nothing(cache_dir, module):
 
 
 def test_a_stream_that_breaks_while_being_completed_records_nothing(cache_dir):
-    upstream = Upstream(break_after=2)
+    upstream = PacedUpstream(break_after=2)
     with upstream.client().stream("POST", URL, json={"stream": True}) as response:
         next(response.iter_bytes())
     assert entries(cache_dir) == []
@@ -136,9 +137,9 @@ def test_an_async_stream_closed_early_is_completed_and_one_that_breaks_is_not(ca
             async for _ in response.aiter_bytes():
                 break
 
-    asyncio.run(first_chunk_then_close(Upstream(httpx2, break_after=2)))
+    asyncio.run(first_chunk_then_close(PacedUpstream(httpx2, break_after=2)))
     assert entries(cache_dir) == []
-    asyncio.run(first_chunk_then_close(Upstream(httpx2)))
+    asyncio.run(first_chunk_then_close(PacedUpstream(httpx2)))
     assert entries(cache_dir)[0]["response"] == b"".join(EVENTS).decode()
 
 
