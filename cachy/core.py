@@ -373,8 +373,9 @@ def _head_of(line: bytes) -> _Head | None:
     if len(line) < 3:  # a blank line, fast: files can hold millions
         return None
     entry = _parse_json(line)
-    if not isinstance(entry, dict) or not isinstance(key := entry.get("key"), str):
+    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
         return None
+    key = entry["key"]
     raw, version, n = entry.get("raw"), entry.get("v", 1), entry.get("n", 1)
     if not (isinstance(version, int) and isinstance(n, int) and n >= 1 and (raw is None or isinstance(raw, str))):
         return None
@@ -883,7 +884,10 @@ class StreamRecording:
     then calls `finish` at the upstream's end, or `abandon` when it breaks or is closed unread. Either, once."""
 
     def __init__(self, engine: Engine, miss: Miss, status: int, headers: dict[str, str]):
-        self._engine, self._miss, self._status, self.headers = engine, miss, status, headers
+        self._engine = engine
+        self._miss = miss
+        self._status = status
+        self.headers = headers
         self._chunks: list[bytes] = []
         self.done = False
 
@@ -918,7 +922,11 @@ class Engine:
     def __init__(
         self, store: Store, doms: tuple[str, ...], hdrs: tuple[str, ...], mode: str, debug: bool, repeats: bool
     ):
-        self.store, self.doms, self.mode, self.debug, self.repeats = store, doms, mode, debug, repeats
+        self.store = store
+        self.doms = doms
+        self.mode = mode
+        self.debug = debug
+        self.repeats = repeats
         self.stats = Stats()
         self.kept_headers = tuple(sorted(name for name in {"content-type", *hdrs} if name not in _NEVER_STORED))
         self.rules = _compiled(_project_rules([store.path.parent, default_cache_dir()]) + key_rules)
@@ -1033,13 +1041,16 @@ class Engine:
         except UnicodeDecodeError:  # audio, images, other encodings: stored losslessly
             text, binary = base64.b64encode(body).decode(), True
         fields = {"method": miss.call.method, "url": miss.url, "status_code": status, "headers": headers}
-        fields |= {"response": text, **({"binary": True} if binary else {})}
-        fields |= {
-            "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - miss.started, 3),
-            **({"usage": usage} if (usage := _usage(body)) else {}),
-            **({"shape": _fingerprint(miss.document)} if miss.document is not None else {}),
-        }
+        fields["response"] = text
+        if binary:
+            fields["binary"] = True
+        fields["recorded_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        fields["seconds"] = round(time.perf_counter() - miss.started, 3)
+        usage = _usage(body)
+        if usage:
+            fields["usage"] = usage
+        if miss.document is not None:
+            fields["shape"] = _fingerprint(miss.document)
         try:
             self.store.append(miss.slot, miss.raw, _entry_line(miss.key, miss.raw, miss.n, fields))
         except OSError as error:
@@ -1132,7 +1143,8 @@ class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m
     what is left, since SDKs close right after their final event, a moment before the upstream's end."""
 
     def __init__(self, live: httpx.Response, recording: StreamRecording):
-        self._live, self._recording = live, recording
+        self._live = live
+        self._recording = recording
         self._chunks: Iterator[bytes] | None = None
         self._achunks = None
         self.outer: httpx.Response | None = None  # the response the caller holds: it gets `elapsed` at close
