@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from importlib.metadata import requires
+from types import ModuleType
 
 import httpx
 import httpx2
+from packaging.requirements import Requirement
 
 
 class Upstream:
@@ -55,3 +58,10 @@ def entries(folder) -> list[dict]:
     """The parsed lines of `folder/cachy.jsonl`."""
     path = folder / "cachy.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def http_module(distribution: str) -> ModuleType:
+    """The httpx an installed SDK builds on: httpx2 where it requires it (openai >= 3, anthropic >= 1,
+    google-genai >= 3), else httpx. anthropic >= 1 rejects an httpx.Client, and openai 1.x an httpx2.Client."""
+    requirements = [Requirement(line) for line in requires(distribution) or []]
+    return httpx2 if any(r.name == "httpx2" and r.marker is None for r in requirements) else httpx

@@ -11,13 +11,13 @@ import re
 
 import anthropic
 import httpx
-import httpx2
 import litellm
 import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import Upstream, entries
+from helpers import Upstream, entries, http_module
+from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 from litellm.llms.custom_httpx.http_handler import HTTPHandler
 
 from cachy import CachyMiss, enable_cachy
@@ -43,6 +43,7 @@ def sse(events: list[tuple[str | None, dict | str]]) -> list[bytes]:
     return chunks
 
 
+OPENAI_HTTPX, ANTHROPIC_HTTPX, GENAI_HTTPX = (http_module(sdk) for sdk in ("openai", "anthropic", "google-genai"))
 JSON = {"content-type": "application/json"}
 SSE = {"content-type": "text/event-stream"}
 
@@ -119,14 +120,14 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def test_openai_chat(cache_dir, openai_upstream):
-    client = openai.OpenAI(api_key="sk-test", http_client=openai_upstream.client(httpx2))
+    client = openai.OpenAI(api_key="sk-test", http_client=openai_upstream.client(OPENAI_HTTPX))
     result = twice(openai_upstream, lambda: client.chat.completions.create(model="gpt-x", messages=MESSAGES))
     assert result.choices[0].message.content == "answer 1"
     assert "sk-test" not in (cache_dir / "cachy.jsonl").read_text()
 
 
 def test_openai_chat_stream(cache_dir, openai_upstream):
-    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(httpx2))
+    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(OPENAI_HTTPX))
 
     def run():
         stream = client.chat.completions.create(model="gpt-x", messages=MESSAGES, stream=True)
@@ -136,7 +137,7 @@ def test_openai_chat_stream(cache_dir, openai_upstream):
 
 
 def test_openai_responses_stream_helper(cache_dir, openai_upstream):
-    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(httpx2))
+    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(OPENAI_HTTPX))
 
     def run():
         with client.responses.stream(model="gpt-x", input="hi") as stream:
@@ -147,7 +148,7 @@ def test_openai_responses_stream_helper(cache_dir, openai_upstream):
 
 
 def test_openai_responses_stream_helper_async(cache_dir, openai_upstream):
-    client = openai.AsyncOpenAI(api_key="k", http_client=openai_upstream.async_client(httpx2))
+    client = openai.AsyncOpenAI(api_key="k", http_client=openai_upstream.async_client(OPENAI_HTTPX))
 
     async def run():
         async with client.responses.stream(model="gpt-x", input="hi") as stream:
@@ -225,7 +226,7 @@ def anthropic_upstream():
 
 
 def test_anthropic_messages_create(cache_dir, anthropic_upstream):
-    client = anthropic.Anthropic(api_key="sk-ant-test", http_client=anthropic_upstream.client(httpx2))
+    client = anthropic.Anthropic(api_key="sk-ant-test", http_client=anthropic_upstream.client(ANTHROPIC_HTTPX))
     result = twice(
         anthropic_upstream, lambda: client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES)
     )
@@ -234,7 +235,7 @@ def test_anthropic_messages_create(cache_dir, anthropic_upstream):
 
 
 def test_anthropic_messages_stream_helper(cache_dir, anthropic_upstream):
-    client = anthropic.Anthropic(api_key="k", http_client=anthropic_upstream.client(httpx2))
+    client = anthropic.Anthropic(api_key="k", http_client=anthropic_upstream.client(ANTHROPIC_HTTPX))
 
     def run():
         with client.messages.stream(model="claude-x", max_tokens=10, messages=MESSAGES) as stream:
@@ -244,7 +245,7 @@ def test_anthropic_messages_stream_helper(cache_dir, anthropic_upstream):
 
 
 def test_anthropic_async_stream(cache_dir, anthropic_upstream):
-    client = anthropic.AsyncAnthropic(api_key="k", http_client=anthropic_upstream.async_client(httpx2))
+    client = anthropic.AsyncAnthropic(api_key="k", http_client=anthropic_upstream.async_client(ANTHROPIC_HTTPX))
 
     async def run():
         stream = await client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES, stream=True)
@@ -254,7 +255,7 @@ def test_anthropic_async_stream(cache_dir, anthropic_upstream):
 
 
 def test_anthropic_beta_files_upload_multipart(cache_dir, anthropic_upstream):
-    client = anthropic.Anthropic(api_key="k", http_client=anthropic_upstream.client(httpx2))
+    client = anthropic.Anthropic(api_key="k", http_client=anthropic_upstream.client(ANTHROPIC_HTTPX))
     upload = lambda: client.beta.files.upload(file=("notes.txt", b"file contents", "text/plain"))  # noqa: E731
     assert twice(anthropic_upstream, upload).id == "file_1"
     boundaries = {request.headers["content-type"] for request in anthropic_upstream.requests}
@@ -291,8 +292,10 @@ def gemini_upstream():
 
 
 def gemini(upstream: Upstream) -> genai.Client:
-    """A client whose sync and async traffic both go through httpx2 (not aiohttp) to the fake upstream."""
-    options = types.HttpOptions(httpx_client=upstream.client(httpx2), httpx_async_client=upstream.async_client(httpx2))
+    """A client whose sync and async traffic both go through httpx or httpx2 (not aiohttp) to the fake upstream."""
+    options = types.HttpOptions(
+        httpx_client=upstream.client(GENAI_HTTPX), httpx_async_client=upstream.async_client(GENAI_HTTPX)
+    )
     return genai.Client(api_key="AIza-test", http_options=options)
 
 
@@ -339,6 +342,12 @@ def test_litellm_anthropic_provider(cache_dir, anthropic_upstream):
     assert twice(anthropic_upstream, run) == "claude 1"
 
 
+@pytest.mark.xfail(
+    not hasattr(CustomStreamWrapper, "close"),
+    reason="a litellm without CustomStreamWrapper.close (1.80.0) neither reads a sync stream past its final event nor "
+    "closes it, and keeps it referenced from a module-level dict, so cachy never sees the end of it",
+    strict=True,
+)
 def test_litellm_anthropic_provider_stream(cache_dir, anthropic_upstream):
     handler = HTTPHandler(client=anthropic_upstream.client(httpx))
 
@@ -352,7 +361,7 @@ def test_litellm_anthropic_provider_stream(cache_dir, anthropic_upstream):
 
 
 def test_litellm_openai_provider(cache_dir, openai_upstream):
-    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(httpx2))
+    client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(OPENAI_HTTPX))
 
     def run():
         response = litellm.completion(model="openai/gpt-x", messages=MESSAGES, client=client)
@@ -371,9 +380,10 @@ def test_a_replay_miss_reaches_the_caller_on_the_first_attempt(tmp_path, monkeyp
     """SDKs retry an Exception from `send` with backoff, then call it a connection error: CachyMiss
     must pass through on the first attempt, unwrapped, so CI fails fast and says what to do."""
     enable_cachy(tmp_path, mode="replay")
-    sends, patched_send = [], httpx2.Client.send
-    monkeypatch.setattr(httpx2.Client, "send", lambda self, *a, **k: sends.append(1) or patched_send(self, *a, **k))
-    client = Upstream(never_called).client(httpx2)
+    module = OPENAI_HTTPX if sdk == "openai" else ANTHROPIC_HTTPX
+    sends, patched_send = [], module.Client.send
+    monkeypatch.setattr(module.Client, "send", lambda self, *a, **k: sends.append(1) or patched_send(self, *a, **k))
+    client = Upstream(never_called).client(module)
     if sdk == "openai":
         call = lambda: openai.OpenAI(api_key="k", http_client=client).chat.completions.create(  # noqa: E731
             model="gpt-x", messages=MESSAGES
@@ -393,20 +403,19 @@ def test_why_cachy_miss_is_no_plain_exception(monkeypatch):
     """What anthropic does with a plain Exception raised inside `send`: retries with backoff, then hides it."""
     sleeps = []
     monkeypatch.setattr(anthropic._base_client.time, "sleep", sleeps.append)
-    calls = []
 
-    def broken(request):
-        calls.append(request)
+    def broken(request, n):
         raise RuntimeError("a plain exception in send")
 
-    client = anthropic.Anthropic(api_key="k", http_client=httpx2.Client(transport=httpx2.MockTransport(broken)))
+    upstream = Upstream(broken)
+    client = anthropic.Anthropic(api_key="k", http_client=upstream.client(ANTHROPIC_HTTPX))
     with pytest.raises(anthropic.APIConnectionError, match="Connection error"):
         client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES)
-    assert (len(calls), len(sleeps)) == (3, 2)
+    assert (upstream.calls, len(sleeps)) == (3, 2)
 
 
 def test_a_replay_miss_through_an_async_sdk(tmp_path):
     enable_cachy(tmp_path, mode="replay")
-    client = anthropic.AsyncAnthropic(api_key="k", http_client=Upstream(never_called).async_client(httpx2))
+    client = anthropic.AsyncAnthropic(api_key="k", http_client=Upstream(never_called).async_client(ANTHROPIC_HTTPX))
     with pytest.raises(CachyMiss, match=r"api\.anthropic\.com/v1/messages"):
         asyncio.run(client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES))
