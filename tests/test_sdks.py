@@ -155,6 +155,7 @@ def test_openai_responses_stream_helper_async(cache_dir, openai_upstream):
 
 
 def test_openai_with_legacy_httpx_client(cache_dir, openai_upstream):
+    """openai >= 3 builds on httpx2 but still accepts an httpx.Client (on openai 1.x it is the only kind)."""
     client = openai.OpenAI(api_key="k", http_client=openai_upstream.client(httpx))
     result = twice(openai_upstream, lambda: client.chat.completions.create(model="gpt-x", messages=MESSAGES))
     assert result.choices[0].message.content == "answer 1"
