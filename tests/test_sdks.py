@@ -341,8 +341,9 @@ def test_litellm_anthropic_provider(cache_dir, anthropic_upstream):
 
 
 # litellm 1.80.0, the last for openai 1.x, has no CustomStreamWrapper.close: its anthropic provider stops reading
-# a stream at the final event and never closes it, and a module-level dict keeps it alive, so the stream's end
-# never reaches cachy. Newer litellm closes its streams.
+# a stream at the final event and never closes the response, so the stream's end never reaches cachy. A sync
+# stream stays referenced from a module-level dict; an async one is only finalized (GeneratorExit, no aclose)
+# when its event loop shuts down. Newer litellm closes its streams.
 litellm_leaves_anthropic_streams_open = pytest.mark.xfail(
     not hasattr(CustomStreamWrapper, "close"),
     reason="this litellm neither reads an anthropic stream to its end nor closes it",
