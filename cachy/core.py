@@ -1138,9 +1138,10 @@ class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m
     """A streamed miss's body: the live chunks reach the caller as they arrive, and the recording.
 
     It derives from the sync and async stream classes of httpx and httpx2, because their Response checks
-    which kind of stream it was given. Iterating it again continues where the last iteration stopped (openai
-    drains `response.stream` a second time after its final event). Closing a stream that was read from reads
-    what is left, since SDKs close right after their final event, a moment before the upstream's end."""
+    which kind of stream it was given. Closing a stream that was read from reads what is left, since SDKs
+    close right after their final event, a moment before the upstream's end. A second iteration raises
+    StreamConsumed, as httpx does: openai drains `response.stream` that way after its final event, under a
+    0.1 s timeout, then closes it, shielded from that timeout, and the close reads the rest."""
 
     def __init__(self, live: httpx.Response, recording: StreamRecording):
         self._live = live
@@ -1150,8 +1151,18 @@ class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m
         self.outer: httpx.Response | None = None  # the response the caller holds: it gets `elapsed` at close
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._chunks is None:
-            self._chunks = self._live.iter_bytes()
+        if self._chunks is not None:
+            raise _module_of(self._live.request).StreamConsumed()
+        self._chunks = self._live.iter_bytes()
+        return self._read()
+
+    def __aiter__(self):
+        if self._achunks is not None:
+            raise _module_of(self._live.request).StreamConsumed()
+        self._achunks = self._live.aiter_bytes()
+        return self._aread()
+
+    def _read(self) -> Iterator[bytes]:
         while not self._recording.done:
             try:
                 chunk = next(self._chunks)
@@ -1164,9 +1175,7 @@ class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m
             self._recording.add(chunk)
             yield chunk
 
-    async def __aiter__(self):
-        if self._achunks is None:
-            self._achunks = self._live.aiter_bytes()
+    async def _aread(self):
         while not self._recording.done:
             try:
                 chunk = await self._achunks.__anext__()
@@ -1183,8 +1192,9 @@ class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m
         try:
             if self._chunks is None:
                 self._recording.abandon("closed before it was read")
-            for _ in self:
-                pass
+            else:
+                for _ in self._read():
+                    pass
         except _HTTP_ERRORS:
             pass  # abandoned above: a truncated body is never recorded
         finally:
@@ -1195,8 +1205,9 @@ class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m
         try:
             if self._achunks is None:
                 self._recording.abandon("closed before it was read")
-            async for _ in self:
-                pass
+            else:
+                async for _ in self._aread():
+                    pass
         except _HTTP_ERRORS:
             pass
         finally:
