@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import demo
-from .core import KEY_VERSION, Stats, _slot, compact_cachy, default_cache_dir, scan_file
+from .core import KEY_VERSION, Stats, _entry_of, _slot, compact_cachy, default_cache_dir, scan_file
 
 
 class _UserError(Exception):
@@ -41,9 +41,10 @@ def stats(path: str | None) -> None:
         keys[_slot(entry["key"], entry.get("n", 1))] += 1
         versions[entry.get("v", 1)] += 1
         dates += [entry["recorded_at"]] if isinstance(entry.get("recorded_at"), str) else []
-        saved.saved_seconds += entry.get("seconds", 0)
-        saved.saved_input_tokens += entry.get("usage", {}).get("input", 0)
-        saved.saved_output_tokens += entry.get("usage", {}).get("output", 0)
+        replayed = _entry_of(entry)  # what a hit reads: fields written before, or null, count nothing
+        saved.saved_seconds += replayed.seconds
+        saved.saved_input_tokens += replayed.usage.get("input", 0)
+        saved.saved_output_tokens += replayed.usage.get("output", 0)
         url = urlsplit(entry.get("url", ""))
         endpoint = f"{entry.get('method', '?')} {url.netloc}{url.path}"
         endpoints[endpoint] += 1

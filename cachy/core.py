@@ -85,33 +85,47 @@ def _warn(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- request key
-def _path_rule(path: str, placeholder: str) -> tuple[str, str]:
-    """A rule replacing an absolute folder, as written and as JSON escapes it (Windows), with `placeholder`."""
-    forms = dict.fromkeys((path, json.dumps(path)[1:-1]))
-    return rf"(?:{'|'.join(map(re.escape, forms))})(?![\w.-])", placeholder
+class _Folders(dict):
+    """Absolute folders and their placeholders. As a rule's replacement it names the folder that matched; the
+    engine adds the project's folders to it at enable time, so that all folders are matched in one rule."""
+
+    def __call__(self, match: re.Match) -> str:
+        return self[match.group()]
+
+    def rule(self) -> tuple[str, _Folders]:
+        """One alternation, longest folder first: a venv inside the project or home is named as the venv.
+        Each folder is matched whole: not inside a longer name, nor after another path or word, though a
+        JSON escape (`\\n`) may precede it. Its literal comes first, which keeps the scan fast."""
+        folders = [path for path in self if len(path) > 1]  # never the root folder itself
+        forms = _Folders({form: self[path] for path in folders for form in (path, json.dumps(path)[1:-1])})
+        boundary = r"(?:(?<![\w./-])|(?<=\\[nrt]))"
+        alternatives = [
+            f"{re.escape(form)}(?<={boundary}{re.escape(form)})" for form in sorted(forms, key=len, reverse=True)
+        ]
+        return rf"(?:{'|'.join(alternatives)})(?![\w.-])", forms
 
 
-def _machine_rules() -> list[tuple[str, str]]:
+def _machine_rules() -> list[tuple[str, Any]]:
     """What differs between two machines that run the same code: where packages, Python and home are."""
-    folders = {sys.prefix: "<python>", sys.base_prefix: "<python>", str(Path.home()): "~"}
-    by_length = sorted(folders.items(), key=lambda item: -len(item[0]))
+    folders = _Folders({sys.base_prefix: "<python>", sys.prefix: "<python>", str(Path.home()): "~"})
     return [
         (r"/(?:[^/\s\"'<>]+/)*?(?:site|dist)-packages(?=/)", "<site-packages>"),  # starts with a literal: fast
-        *(_path_rule(folder, placeholder) for folder, placeholder in by_length if len(folder) > 1),
+        folders.rule(),
     ]
 
 
-key_rules: list[tuple[str, str]] = [
+key_rules: list[tuple[str, Any]] = [
     *_machine_rules(),
     (r"ipykernel_\d+([/\\]+)\d+\.py", r"ipykernel\1<cell>.py"),  # a notebook cell's file, per kernel
     (r"<ipython-input-\d+-[0-9a-f]+>", "<ipython-input>"),  # the same, in older IPython
-    (r"0x[0-9a-fA-F]{6,}", "0x…"),  # memory addresses in reprs: <function f at 0x7f…>
+    (r" at 0x[0-9a-fA-F]{6,16}>", " at 0x…>"),  # memory addresses in reprs: <function f at 0x7f…>
     (r"/tmp/tmp[\w-]+|/var/folders/[\w-]+/[\w-]+/T/[\w-]+", "<tmp>"),  # tempfile folders: Linux, macOS
     (r'("prompt_cache_key"\s*:\s*)"[^"]*"', r'\1"…"'),  # a per-session id that wrappers generate
 ]
-"""(pattern, replacement) pairs applied, in order, to a request body before it is hashed, so that what changes
-between two runs of unchanged code does not change the key. Only the key: the body sent and stored is untouched.
-Extend it before `enable_cachy`; cachy adds the project's folder (`<project>`) at enable time."""
+"""(pattern, replacement) pairs applied, in order, to a request body's text before it is hashed, so that what
+changes between two runs of unchanged code does not change the key. A replacement is what `re.sub` takes: a
+string or a function of the match. Only the key changes: the body sent and stored is untouched. Extend it
+before `enable_cachy`; at enable time cachy adds the project's folders (`<project>`) to the folders rule."""
 
 
 @dataclass(frozen=True)
@@ -211,18 +225,20 @@ def _key(call: Call, url: str, body: bytes) -> str:
     return _digest(_head(call, url), body)
 
 
-def _compiled(rules: Iterable[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
-    return [(re.compile(pattern), replacement) for pattern, replacement in rules]
-
-
-def _project_rules(folders: Iterable[Path]) -> list[tuple[str, str]]:
-    return [_path_rule(str(folder), "<project>") for folder in sorted(set(folders), key=lambda f: -len(str(f)))]
+def _compiled(projects: Iterable[Path]) -> list[tuple[re.Pattern, Any]]:
+    """`key_rules` as they stand, compiled, with the project's folders joined to the folders rule."""
+    compiled = []
+    for pattern, replacement in key_rules:
+        if isinstance(replacement, _Folders):
+            pattern, replacement = _Folders({**dict.fromkeys(map(str, projects), "<project>"), **replacement}).rule()
+        compiled.append((re.compile(pattern), replacement))
+    return compiled
 
 
 def request_key(request: httpx.Request, stream: bool = False) -> str:
     """The key of an httpx (or httpx2) request under the current configuration, for tools and debugging."""
     engine = _current_engine()
-    rules = engine.rules if engine else _compiled(_project_rules([default_cache_dir()]) + key_rules)
+    rules = engine.rules if engine else _compiled([default_cache_dir()])
     call = _call_of(request, stream)
     return _key(call, public_url(call.url), _normalised(call, rules)[0])
 
@@ -286,7 +302,7 @@ def _usage(body: bytes) -> dict[str, int]:
     (server-sent events) the last report of each count wins, as anthropic reports output tokens at the end."""
     if b"sage" not in body:  # usage, usageMetadata: most bodies are rejected without parsing
         return {}
-    if body.lstrip().startswith((b"data:", b"event:")):
+    if body.startswith(b"data:") or b"\ndata:" in body:  # server-sent events, some opening with a comment
         documents = [
             _parse_json(line[5:]) for line in body.split(b"\n") if line.startswith(b"data:") and b"sage" in line
         ]
@@ -872,6 +888,7 @@ class Miss:
     raw: str
     n: int
     document: Any  # the body's JSON, normalised: its fingerprint is stored to explain later misses
+    why: str = ""  # with debug: why it missed, printed with the recorded line
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -929,7 +946,7 @@ class Engine:
         self.repeats = repeats
         self.stats = Stats()
         self.kept_headers = tuple(sorted(name for name in {"content-type", *hdrs} if name not in _NEVER_STORED))
-        self.rules = _compiled(_project_rules([store.path.parent, default_cache_dir()]) + key_rules)
+        self.rules = _compiled([store.path.parent, default_cache_dir()])
         self._subdomains = tuple("." + dom for dom in doms)
         self._occurrences: Counter[str] = Counter()  # with repeats: how often each key was asked
 
@@ -952,12 +969,12 @@ class Engine:
         In replay mode a miss raises CachyMiss."""
         url = public_url(call.url)
         raw = _raw_digest(call, url)
-        n = self._occurrence(raw) if self.repeats else 1
         key = None if self.mode == "refresh" else self.store.key_of_raw(raw)
         document = None
         if key is None:  # not these exact bytes: the usual miss, or the same request written differently
             body, document = _normalised(call, self.rules)
             key = _key(call, url, body)
+        n = self._occurrence(key) if self.repeats else 1
         slot = _slot(key, n)
         offset = None if self.mode == "refresh" else self.store.locate(slot)
         if offset is not None and (entry := self.store.read(slot, offset)) is not None:
@@ -972,7 +989,7 @@ class Engine:
         miss = Miss(call, url, key, raw, n, document)
         if self.mode == "replay":
             why = self.explain(miss)
-            self.note("replay_misses", call.method, url, slot, f"\n  why: {why}")
+            self.note("replay_misses", call.method, url, slot, f" - why: {why}")
             occurrence = f" (occurrence {n} of this request)" if n > 1 else ""
             raise CachyMiss(
                 f"cachy: no recorded response for {call.method} {url}{occurrence} (key {key}) in "
@@ -980,6 +997,8 @@ class Engine:
                 'record mode (CACHY_MODE=record, or enable_cachy(mode="record")), then commit the file.\n'
                 f"Why it missed: {why}."
             )
+        if self.debug and self.mode == "record":
+            miss.why = f" - why: {self.explain(miss)}"
         return miss
 
     def explain(self, miss: Miss) -> str:
@@ -1000,15 +1019,20 @@ class Engine:
         if not compared:
             return f"{len(recorded)} requests are recorded for this endpoint, none with a fingerprint to compare with"
         (paths, more), closest = min(compared, key=lambda pair: len(pair[0][0]) + pair[0][1])
+        where = f"The closest recorded request (key {closest['key']})"
+        if not paths and not more:
+            if bool(closest.get("stream")) != miss.call.stream:
+                return f"{where} has the same body, but {'this request streams and it did not' if miss.call.stream else 'it streamed and this request does not'}"
+            return f"{where} looks the same: it may differ deeper than its fingerprint sees, or be of key version {closest.get('v', 1)}"
         differs = ", ".join(paths[:8]) + (f" and {len(paths) - 8} more" if len(paths) > 8 else "")
         extra = f"; it had {more} more fields" if more else ""
-        return f"The closest recorded request (key {closest['key']}) differs in {differs or 'fields it lacks'}{extra}"
+        return f"{where} differs in {differs or 'fields it lacks'}{extra}"
 
-    def _occurrence(self, raw: str) -> int:
-        """With repeats: which time this configuration sees these exact bytes."""
+    def _occurrence(self, key: str) -> int:
+        """With repeats: which time this configuration sees this request."""
         with _stats_lock:
-            self._occurrences[raw] += 1
-            return self._occurrences[raw]
+            self._occurrences[key] += 1
+            return self._occurrences[key]
 
     def records(self, status: int) -> bool:
         """2xx, and the 4xx the request itself causes; never 5xx, nor what depends on credentials or load."""
@@ -1041,6 +1065,8 @@ class Engine:
         except UnicodeDecodeError:  # audio, images, other encodings: stored losslessly
             text, binary = base64.b64encode(body).decode(), True
         fields = {"method": miss.call.method, "url": miss.url, "status_code": status, "headers": headers}
+        if miss.call.stream:
+            fields["stream"] = True
         fields["response"] = text
         if binary:
             fields["binary"] = True
@@ -1057,7 +1083,7 @@ class Engine:
             self.note("unrecorded", miss.call.method, miss.url, miss.slot, f" (not saved: {error})")
             _warn(f"cachy could not save the answer to {miss.call.method} {miss.url} in {self.store.path}: {error}")
             return
-        self.note("recorded", miss.call.method, miss.url, miss.slot)
+        self.note("recorded", miss.call.method, miss.url, miss.slot, miss.why)
 
 
 # ------------------------------------------------------------------- which engine handles a request

@@ -120,6 +120,15 @@ def test_a_debug_miss_prints_the_same_explanation(tmp_path, capsys):
     assert why in err and f"key {keys[1]}" in why
 
 
+def test_a_debug_miss_in_record_mode_prints_why_on_its_recorded_line(tmp_path, capsys):
+    keys = recorded_three(tmp_path)
+    enable_cachy(tmp_path, debug=True)
+    ask(Upstream(numbered).client(), near_the_second())
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.split()[1] == "recorded"
+    assert f"why: The closest recorded request (key {keys[1]}) differs in " in line
+
+
 def test_the_fingerprint_is_small_and_holds_no_request_text_nor_header(tmp_path):
     """Up to 50 messages fit in 200 bytes; the line has neither the prompts' words nor the API key."""
     enable_cachy(tmp_path)
