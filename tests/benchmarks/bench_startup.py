@@ -1,0 +1,116 @@
+"""What installing cachy costs where it is not used: a pytest session, and `import cachy`.
+
+Run by hand, not by pytest:  python tests/benchmarks/bench_startup.py [--runs 10]
+Every figure comes from fresh processes of this Python. The pytest rows are paired: each run of a one-test
+session in a temp folder is matched with the same run under `-p no:cachy` (the order alternating), and the
+added time is the median of the pairs' differences, in wall time and in CPU time (user + system), which
+other processes on a busy machine disturb far less. The import rows time, inside the process, the CPU that
+an import adds to what was imported before it, so process start-up stays out. All of it runs in a temp
+folder, so it measures the cachy this Python imports there (the installed one, or the one on PYTHONPATH),
+with bytecode cached there as an installed package has it, even under PYTHONDONTWRITEBYTECODE."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HEAVY = ("httpx", "httpx2", "cachy.core", "fastcore")
+
+IMPORTS = {  # row: (imported before the clock starts, what is timed)
+    "`import cachy` + `cachy.enable_cachy`, beyond httpx and httpx2": (
+        "import httpx, httpx2",
+        "import cachy; cachy.enable_cachy",
+    ),
+    "`import cachy.plugin` (what pytest loads), beyond pytest": ("import pytest", "import cachy.plugin"),
+    "of cachy's core: `fastcore.meta`": ("import httpx, httpx2", "import fastcore.meta"),
+    "of cachy's core: `fastcore.xtras`, beyond `fastcore.meta`": ("import fastcore.meta", "import fastcore.xtras"),
+}
+
+
+def run(folder: Path, *args: str) -> str:
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(folder / "bytecode")
+    command = [sys.executable, *args]
+    return subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def session_seconds(folder: Path, *args: str) -> tuple[float, float]:
+    """Wall and CPU seconds of one session; the CPU is the child's alone, as children run one at a time."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    run(folder, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def pytest_rows(folder: Path, runs: int) -> list[tuple[str, str]]:
+    (folder / "pytest.ini").write_text("[pytest]\n")  # the rootdir, whatever the folders above hold
+    (folder / "test_one.py").write_text("def test_one():\n    pass\n")
+    if "--cachy" not in run(folder, "-m", "pytest", "--help"):
+        sys.exit("the cachy plugin is not installed in this Python: pip install -e . first")
+    session_seconds(folder)  # warm the file cache and the bytecode
+    with_plugin, without = [], []
+    for number in range(runs):
+        for plugin in (True, False) if number % 2 else (False, True):
+            if plugin:
+                with_plugin.append(session_seconds(folder))
+            else:
+                without.append(session_seconds(folder, "-p", "no:cachy"))
+    rows = []
+    for clock, kind in enumerate(("wall", "CPU")):
+        added = statistics.median(a[clock] - b[clock] for a, b in zip(with_plugin, without, strict=True))
+        rows += [
+            (
+                f"one-test session, cachy installed but unused ({kind})",
+                ms(statistics.median(r[clock] for r in with_plugin)),
+            ),
+            (f"the same with `-p no:cachy` ({kind})", ms(statistics.median(r[clock] for r in without))),
+            (
+                f"**added by the plugin** ({kind}, median of paired differences; target <= 10 ms)",
+                f"**{added * 1000:+.1f} ms**",
+            ),
+        ]
+    return rows
+
+
+def import_ms(folder: Path, before: str, timed: str) -> float:
+    code = f"{before}\nimport time\nstart = time.process_time()\n{timed}\nprint(time.process_time() - start)"
+    return float(run(folder, "-c", code)) * 1000
+
+
+def import_rows(folder: Path, runs: int) -> list[tuple[str, str]]:
+    import_ms(folder, "import httpx, httpx2, fastcore.xtras", "import cachy; cachy.enable_cachy")  # bytecode
+    rows = [
+        (row, f"{statistics.median(import_ms(folder, *code) for _ in range(runs)):.1f} ms")
+        for row, code in IMPORTS.items()
+    ]
+    check = f"import sys, cachy.plugin; print(' '.join(m for m in {HEAVY!r} if m in sys.modules) or 'none')"
+    heavy = run(folder, "-c", check).strip()
+    return [*rows, (f"modules among {', '.join(HEAVY)} that `import cachy.plugin` imports", heavy)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10, help="runs per figure (default 10)")
+    runs = parser.parse_args().runs
+    with tempfile.TemporaryDirectory() as temp:
+        folder = Path(temp)
+        where = run(folder, "-c", "import cachy; print(cachy.__file__)").strip()
+        print(f"Python {sys.version.split()[0]}, cachy from {where}, medians of {runs} runs\n")
+        print("| what | figure |\n|---|---:|")
+        for row, figure in pytest_rows(folder, runs) + import_rows(folder, runs):
+            print(f"| {row} | {figure} |")
+
+
+if __name__ == "__main__":
+    main()
