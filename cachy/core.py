@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ContextDecorator
@@ -69,9 +70,43 @@ class CachyMiss(BaseException):
     Like pytest's own outcomes it derives from BaseException: SDKs (anthropic, for one) retry, then re-wrap
     as a "connection error", an Exception raised inside `send`, and this one must reach you at once."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of the traceback: the message first, then only the lines of the user's own
+        code that led here (a notebook cell's); the frames of cachy, httpx and the SDK add nothing to the message."""
+        from IPython import get_ipython  # only IPython calls this
+
+        compiler = getattr(get_ipython(), "compile", None)
+        lines = [f"CachyMiss: {self}"]
+        for frame in traceback.extract_tb(self.__traceback__):
+            if not frame.filename.startswith(_library_folders()):
+                cell = compiler.format_code_name(frame.filename) if hasattr(compiler, "format_code_name") else None
+                lines.append(f"  {' '.join(cell) if cell else frame.filename}, line {frame.lineno}: {frame.line}")
+        return lines
+
 
 class CachyWarning(UserWarning):
     """`cachy.jsonl` has lines that cachy could not read and skipped."""
+
+
+@functools.cache
+def _library_folders() -> tuple[str, ...]:
+    """Where cachy, the standard library and installed packages (httpx, the SDKs, IPython) live: not the user's code."""
+    import sysconfig  # 10 ms: only once a warning or an error is shown
+
+    paths = (
+        os.path.dirname(__file__),
+        *(sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")),
+    )
+    return tuple({os.path.join(path, "") for path in paths})
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel`, for the function that calls this and warns, of the nearest line of the user's own code
+    (a notebook cell, a test), so that a warning shows that line rather than cachy's internals."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_library_folders()):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 2
 
 
 # ---------------------------------------------------------------------------------- request key
@@ -362,7 +397,9 @@ class Store:
     def _warn(self, numbers: list[int]) -> None:
         if new := [number for number in numbers if number not in self._warned]:
             self._warned.update(new)
-            warnings.warn(f"cachy skipped damaged lines {new} of {self.path}", CachyWarning, stacklevel=2)
+            warnings.warn(
+                f"cachy skipped damaged lines {new} of {self.path}", CachyWarning, stacklevel=_user_stacklevel()
+            )
 
 
 _stores: dict[Path, Store] = {}
@@ -400,6 +437,18 @@ class Stats:
 
     def __str__(self) -> str:
         return f"{self.hits} hits, {self.recorded} recorded, {self.passed} passed through, {self.replay_misses} replay misses"
+
+    def _repr_html_(self) -> str:
+        """How a notebook shows `cachy_stats()`: the counts as a small table."""
+        counts = {
+            "hits": self.hits,
+            "recorded": self.recorded,
+            "passed through": self.passed,
+            "replay misses": self.replay_misses,
+        }
+        head = "".join(f"<th>{label}</th>" for label in counts)
+        row = "".join(f"<td>{count:,}</td>" for count in counts.values())
+        return f"<table><caption>cachy</caption><tr>{head}</tr><tr>{row}</tr></table>"
 
 
 def _module_of(request: httpx.Request) -> Any:
