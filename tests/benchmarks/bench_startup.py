@@ -30,7 +30,10 @@ IMPORTS = {  # row: (imported before the clock starts, what is timed)
     ),
     "`import cachy.plugin` (what pytest loads), beyond pytest": ("import pytest", "import cachy.plugin"),
     "of cachy's core: `fastcore.meta`": ("import httpx, httpx2", "import fastcore.meta"),
-    "of cachy's core: `fastcore.xtras`, beyond `fastcore.meta`": ("import fastcore.meta", "import fastcore.xtras"),
+    "of cachy's core: `fastcore.xtras`, beyond `fastcore.meta`": (
+        "import httpx, httpx2, fastcore.meta",
+        "import fastcore.xtras",
+    ),
 }
 
 
