@@ -75,11 +75,11 @@ class CachyMiss(BaseException):
         code that led here (a notebook cell's); the frames of cachy, httpx and the SDK add nothing to the message."""
         from IPython import get_ipython  # only IPython calls this
 
-        compiler = getattr(get_ipython(), "compile", None)
+        cell_name = getattr(getattr(get_ipython(), "compile", None), "format_code_name", None)  # IPython >= 8.7
         lines = [f"CachyMiss: {self}"]
         for frame in traceback.extract_tb(self.__traceback__):
             if not frame.filename.startswith(_library_folders()):
-                cell = compiler.format_code_name(frame.filename) if hasattr(compiler, "format_code_name") else None
+                cell = cell_name(frame.filename) if cell_name else None  # ("Cell", "In[3]"), None for a file
                 lines.append(f"  {' '.join(cell) if cell else frame.filename}, line {frame.lineno}: {frame.line}")
         return lines
 
