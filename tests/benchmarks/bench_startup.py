@@ -1,6 +1,6 @@
 """What installing cachy costs where it is not used: a pytest session, and `import cachy`.
 
-Run by hand, not by pytest:  python tests/benchmarks/bench_startup.py [--runs 10]
+Run by hand, not by pytest:  python tests/benchmarks/bench_startup.py [--runs 10] [--instructions]
 Every figure comes from fresh processes of this Python, run in a temp folder: so it measures the cachy that
 this Python imports there (the installed one, or the one on PYTHONPATH), with bytecode cached as an installed
 package has it, even under PYTHONDONTWRITEBYTECODE.
@@ -8,13 +8,16 @@ package has it, even under PYTHONDONTWRITEBYTECODE.
 The session rows are paired: each run of a one-test session is matched with the same run under
 `-p no:cachy` (the order alternating), and the added time is the median of the pairs' differences, in wall
 time and in CPU time (user + system), which other processes on a busy machine disturb less. Since those can
-only slow a run down, the difference of the fastest runs is shown too. The import rows time the CPU that an
-import adds to what the process imported before it, so process start-up stays out."""
+only slow a run down, the difference of the fastest runs is shown too. On a machine shared with other work,
+all of these can still be off by tens of ms: `--instructions` then counts, with valgrind, the instructions
+of one pair, which no other process changes. The import rows time the CPU that an import adds to what the
+process imported before it, so process start-up stays out."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -39,25 +42,35 @@ IMPORTS = {  # row: (imported before the clock starts, what is timed)
 }
 
 
-def run(folder: Path, *args: str) -> str:
+def run(folder: Path, *args: str, under: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """`python *args` in `folder`, under the `under` command (valgrind) if any, with bytecode cached in `folder`."""
     env = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(folder / "bytecode")
-    command = [sys.executable, *args]
-    return subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True, text=True).stdout
+    env.update(PYTHONPYCACHEPREFIX=str(folder / "bytecode"), PYTHONHASHSEED="0")
+    command = [*under, sys.executable, *args]
+    return subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True, text=True)
+
+
+SESSION = ("-m", "pytest", "-q", "-p", "no:cacheprovider")
 
 
 def session_seconds(folder: Path, *args: str) -> tuple[float, float]:
     """Wall and CPU seconds of one session; the CPU is the child's alone, as children run one at a time."""
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    run(folder, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args)
+    run(folder, *SESSION, *args)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def pytest_table(folder: Path, runs: int) -> str:
+def instructions(folder: Path, *args: str) -> int:
+    """The instructions that one session executes, as valgrind counts them."""
+    callgrind = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={folder / 'callgrind.out'}")
+    return int(re.search(r"Collected : (\d+)", run(folder, *SESSION, *args, under=callgrind).stderr).group(1))
+
+
+def pytest_table(folder: Path, runs: int, count_instructions: bool) -> str:
     (folder / "pytest.ini").write_text("[pytest]\n")  # the rootdir, whatever the folders above hold
     (folder / "test_one.py").write_text("def test_one():\n    pass\n")
-    if "--cachy" not in run(folder, "-m", "pytest", "--help"):
+    if "--cachy" not in run(folder, "-m", "pytest", "--help").stdout:
         sys.exit("the cachy plugin is not installed in this Python: pip install -e . first")
     session_seconds(folder)  # warm the file cache and the bytecode
     with_plugin, without = [], []
@@ -77,12 +90,19 @@ def pytest_table(folder: Path, runs: int) -> str:
         paired = statistics.median(a - b for a, b in zip(on, off, strict=True))
         medians = f"{statistics.median(on):.0f} ms | {statistics.median(off):.0f} ms"
         lines.append(f"| {kind} | {medians} | **{paired:+.1f} ms** | {min(on) - min(off):+.1f} ms |")
+    if count_instructions:
+        on, off = instructions(folder), instructions(folder, "-p", "no:cachy")
+        cpu_ms = statistics.median(times[1] for times in with_plugin) * 1000 * (on - off) / on
+        lines.append(
+            f"| instructions (valgrind, one pair) | {on / 1e6:,.1f} M | {off / 1e6:,.1f} M | "
+            f"{(on - off) / 1e6:+,.1f} M ({(on - off) / off:+.2%}), about {cpu_ms:+.1f} ms of the CPU median | |"
+        )
     return "\n".join(lines)
 
 
 def import_ms(folder: Path, before: str, timed: str) -> float:
     code = f"{before}\nimport time\nstart = time.process_time()\n{timed}\nprint(time.process_time() - start)"
-    return float(run(folder, "-c", code)) * 1000
+    return float(run(folder, "-c", code).stdout) * 1000
 
 
 def import_table(folder: Path, runs: int) -> str:
@@ -94,7 +114,7 @@ def import_table(folder: Path, runs: int) -> str:
     ]
     check = f"import sys, cachy.plugin; print(' '.join(m for m in {HEAVY!r} if m in sys.modules) or 'none')"
     lines.append(
-        f"| modules among {', '.join(HEAVY)} that `import cachy.plugin` imports | {run(folder, '-c', check).strip()} |"
+        f"| modules among {', '.join(HEAVY)} that `import cachy.plugin` imports | {run(folder, '-c', check).stdout.strip()} |"
     )
     return "\n".join(lines)
 
@@ -102,12 +122,14 @@ def import_table(folder: Path, runs: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="runs per figure (default 10)")
-    runs = parser.parse_args().runs
+    parser.add_argument("--instructions", action="store_true", help="count instructions with valgrind (a minute)")
+    options = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
-        where = run(folder, "-c", "import cachy; print(cachy.__file__)").strip()
-        print(f"Python {sys.version.split()[0]}, cachy from {where}, medians of {runs} runs\n")
-        print(pytest_table(folder, runs), import_table(folder, runs), sep="\n\n")
+        where = run(folder, "-c", "import cachy; print(cachy.__file__)").stdout.strip()
+        print(f"Python {sys.version.split()[0]}, cachy from {where}, medians of {options.runs} runs\n")
+        sessions = pytest_table(folder, options.runs, options.instructions)
+        print(sessions, import_table(folder, options.runs), sep="\n\n")
 
 
 if __name__ == "__main__":
