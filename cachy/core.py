@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import warnings
 import zlib
 from collections import Counter
@@ -72,8 +73,17 @@ class CachyMiss(BaseException):
     as a "connection error", an Exception raised inside `send`, and this one must reach you at once."""
 
     def _render_traceback_(self) -> list[str]:
-        """IPython shows this instead of a traceback through cachy's and the SDK's frames."""
-        return [f"CachyMiss: {self}"]
+        """What IPython shows instead of the traceback: the message first, then only the lines of the user's own
+        code that led here (a notebook cell's); the frames of cachy, httpx and the SDK add nothing to the message."""
+        from IPython import get_ipython  # only IPython calls this
+
+        cell_name = getattr(getattr(get_ipython(), "compile", None), "format_code_name", None)  # IPython >= 8.7
+        lines = [f"CachyMiss: {self}"]
+        for frame in traceback.extract_tb(self.__traceback__):
+            if not frame.filename.startswith(_library_folders()):
+                cell = cell_name(frame.filename) if cell_name else None  # ("Cell", "In[3]"), None for a file
+                lines.append(f"  {' '.join(cell) if cell else frame.filename}, line {frame.lineno}: {frame.line}")
+        return lines
 
 
 class CachyWarning(UserWarning):
@@ -81,7 +91,28 @@ class CachyWarning(UserWarning):
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, CachyWarning, stacklevel=4)
+    """Warn at the user's own line that led here (a notebook cell, a test), not inside cachy or an SDK."""
+    warnings.warn(message, CachyWarning, stacklevel=_user_stacklevel())
+
+
+@functools.cache
+def _library_folders() -> tuple[str, ...]:
+    """Where cachy, the standard library and installed packages (httpx, the SDKs, IPython) live: not the user's code."""
+    import sysconfig  # 10 ms: only once a warning or an error is shown
+
+    paths = (
+        os.path.dirname(__file__),
+        *(sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")),
+    )
+    return tuple({os.path.join(path, "") for path in paths})
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel`, for `_warn`'s call to `warnings.warn`, of the nearest line of the user's own code."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_library_folders()):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 2
 
 
 # ---------------------------------------------------------------------------------- request key
@@ -829,8 +860,7 @@ class Stats:
         counts = f"{self.hits} hits, {self.recorded} recorded, {self.passed} passed through, {self.replay_misses} replay misses"
         if self.unrecorded:
             counts += f", {self.unrecorded} not recorded"
-        saved = round(self.saved_seconds, 1) or self.saved_input_tokens or self.saved_output_tokens
-        return f"{counts}; {self.savings()}" if saved else counts
+        return f"{counts}; {self.savings()}" if self._saved_something() else counts
 
     def savings(self) -> str:
         """What the hits saved, as people read it: `saved 2 min 13 s and 182k tokens`."""
@@ -853,22 +883,24 @@ class Stats:
         return cls(**{**data, "used": set(data["used"])})
 
     def _repr_html_(self) -> str:
-        """A small table in Jupyter."""
-        rows = [
-            ("hits", self.hits),
-            ("recorded", self.recorded),
-            ("passed through", self.passed),
-            ("replay misses", self.replay_misses),
-        ]
+        """How a notebook shows `cachy_stats()`: the counts, and what hits saved, as a small table."""
+        counts = {
+            "hits": f"{self.hits:,}",
+            "recorded": f"{self.recorded:,}",
+            "passed through": f"{self.passed:,}",
+            "replay misses": f"{self.replay_misses:,}",
+        }
         if self.unrecorded:
-            rows.append(("not recorded", self.unrecorded))
-        if self.saved_seconds:
-            rows += [
-                ("time saved", f"{self.saved_seconds:.1f} s"),
-                ("tokens saved", f"{self.saved_input_tokens:,} in, {self.saved_output_tokens:,} out"),
-            ]
-        cells = "".join(f"<tr><th style='text-align:left'>{name}</th><td>{value}</td></tr>" for name, value in rows)
-        return f"<table><caption>cachy</caption>{cells}</table>"
+            counts["not recorded"] = f"{self.unrecorded:,}"
+        if self._saved_something():
+            counts["time saved"] = f"{self.saved_seconds:.1f} s"
+            counts["tokens saved"] = f"{self.saved_input_tokens:,} in, {self.saved_output_tokens:,} out"
+        head = "".join(f"<th>{label}</th>" for label in counts)
+        row = "".join(f"<td>{count}</td>" for count in counts.values())
+        return f"<table><caption>cachy</caption><tr>{head}</tr><tr>{row}</tr></table>"
+
+    def _saved_something(self) -> bool:
+        return bool(round(self.saved_seconds, 1) or self.saved_input_tokens or self.saved_output_tokens)
 
 
 def _short(count: int) -> str:

@@ -1,13 +1,20 @@
 """pytest plugin: `--cachy` for a whole session, the `cachy` fixture and marker for one test,
-replay mode for CI, a summary of what was cached, and pruning after a complete, green run."""
+replay mode for CI, a summary of what was cached, and pruning after a complete, green run.
+
+Installing cachy registers this plugin in every pytest session, used or not, so it imports cachy's core
+(and with it httpx) only once `--cachy`, the ini setting, the fixture or the marker asks for it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .core import MODES, Stats, cachy, compact_cachy
+if TYPE_CHECKING:
+    from .core import Stats
+
+MODES = ("record", "replay", "refresh")  # cachy.core.MODES, which would import httpx; a test pins them equal
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,7 +35,9 @@ class CachySession:
     """What cachy did in this session (merged from pytest-xdist workers), and whether the run was complete."""
 
     def __init__(self, config: pytest.Config):
-        self.config, self.total, self.switch = config, Stats(), None
+        self.config = config
+        self.switch = None
+        self.total: Stats | None = None  # None until cachy is used in this session
         self.folder = Path(config.getoption("cachy_dir") or config.rootpath)
         self.deselected = self.skipped = 0
         self.crashed_workers: list[str] = []
@@ -38,8 +47,15 @@ class CachySession:
         """The session's options as `enable_cachy` arguments, with a marker's arguments on top."""
         return {"cache_dir": self.folder, "mode": self.config.getoption("cachy_mode"), **overrides}
 
+    def add(self, part: Stats) -> None:
+        if self.total is None:  # the session's first use of cachy
+            self.total = type(part)()
+        self.total.add(part)
+
     def pytest_sessionstart(self) -> None:
         if self.config.getoption("cachy") or self.config.getini("cachy"):
+            from .core import cachy
+
             self.switch = cachy(**self.enable_kwargs())
             self.session_stats = self.switch.__enter__()
 
@@ -47,7 +63,8 @@ class CachySession:
         self.deselected += len(items)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.skipped += report.skipped and not hasattr(report, "wasxfail")  # an xfail test did run
+        if report.skipped and not hasattr(report, "wasxfail"):  # an xfail test did run
+            self.skipped += 1
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
@@ -56,15 +73,19 @@ class CachySession:
         if error or output is None:
             self.crashed_workers.append(str(getattr(node, "gateway", node).id))
             return
-        self.total.add(Stats.from_dict(output["stats"]))
+        if output["stats"] is not None:  # None: cachy was not used in that worker
+            from .core import Stats
+
+            self.add(Stats.from_dict(output["stats"]))
         self.deselected += output["deselected"]
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.switch is not None:
             self.switch.__exit__(None, None, None)
-            self.total.add(self.session_stats)
+            self.add(self.session_stats)
         if hasattr(self.config, "workerinput"):  # a worker reports; the controller decides
-            self.config.workeroutput["cachy"] = {"stats": self.total.to_dict(), "deselected": self.deselected}
+            stats = None if self.total is None else self.total.to_dict()
+            self.config.workeroutput["cachy"] = {"stats": stats, "deselected": self.deselected}
         elif self.config.getoption("cachy_prune"):
             self.pruned = self.prune(exitstatus)
 
@@ -78,28 +99,34 @@ class CachySession:
         if self.config.args_source == pytest.Config.ArgsSource.ARGS:
             narrowed = [arg for arg in self.config.args if Path(arg).resolve() not in whole]
             reasons += [f"only {' '.join(narrowed)} selected"] if narrowed else []
-        reasons += ["no cached request was made"] if not self.total.used else []
+        reasons += ["no cached request was made"] if self.total is None or not self.total.used else []
         return reasons
 
     def prune(self, exitstatus: int) -> str:
         if reasons := self._partial_reasons(exitstatus):
             return f"not pruned, the run was partial: {'; '.join(reasons)}"
+        from .core import compact_cachy
+
         result = compact_cachy(self.folder / "cachy.jsonl", keep=self.total.used)
         return f"pruned {result.pruned} unused entries, kept {result.kept}"
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.total.used or self.total.replay_misses or self.pruned:
+        used = self.total is not None and bool(self.total.used or self.total.replay_misses)
+        if used or self.pruned:
             terminalreporter.write_sep("-", "cachy")
-            terminalreporter.write_line(f"cachy: {self.total}")
+            if used:
+                terminalreporter.write_line(f"cachy: {self.total}")
             if self.pruned:
                 terminalreporter.write_line(f"cachy: {self.pruned}")
 
 
 def _scoped(request: pytest.FixtureRequest, **overrides):
+    from .core import cachy
+
     session: CachySession = request.config.pluginmanager.get_plugin("cachy-session")
     with cachy(**session.enable_kwargs(**overrides)) as stats:
         yield stats
-    session.total.add(stats)
+    session.add(stats)
 
 
 @pytest.fixture(name="cachy")

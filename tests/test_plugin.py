@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
+
+import cachy.core
+import cachy.plugin
 
 pytest_plugins = ["pytester"]
 
@@ -63,6 +68,33 @@ def upstream_calls(pytester) -> int:
 
 def cache_lines(pytester) -> list[dict]:
     return [json.loads(line) for line in (pytester.path / "cachy.jsonl").read_text().splitlines()]
+
+
+HEAVY = f"sorted(name for name in {('httpx', 'httpx2', 'cachy.core')!r} if name in sys.modules)"
+
+
+def test_importing_the_plugin_imports_neither_httpx_nor_the_core(tmp_path):
+    """pytest imports the plugin at the start of every session, so it must cost next to nothing."""
+    code = f"import sys, cachy.plugin; print({HEAVY})"
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
+
+def test_a_session_that_does_not_use_cachy_never_imports_its_core(pytester):
+    pytester.makeconftest(f"""
+        import pathlib, sys
+
+        def pytest_unconfigure(config):
+            loaded = config.pluginmanager.has_plugin("cachy")
+            pathlib.Path("imported").write_text(repr((loaded, {HEAVY})))
+    """)
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    assert (pytester.path / "imported").read_text() == "(True, [])"
+
+
+def test_the_plugins_mode_names_are_the_cores():
+    assert cachy.plugin.MODES == cachy.core.MODES
 
 
 def test_a_session_records_then_replays_with_the_upstream_down(pytester, inner):
