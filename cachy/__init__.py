@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .core import (
-        MODES,
         KEY_VERSION,
+        MODES,
         CachyMiss,
         CachyWarning,
         Rewrite,

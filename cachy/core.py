@@ -699,7 +699,7 @@ class Store:
         """One short warning per kind of trouble that a read found."""
         if damaged:
             first = ", ".join(map(str, damaged[:5])) + (", …" if len(damaged) > 5 else "")
-            _warn(f"cachy skipped {len(damaged)} damaged lines of {self.path} (lines {first})")
+            _warn(f"cachy skipped damaged lines of {self.path}: {len(damaged)} in all, line {first}")
         if original:
             _warn(
                 f"{self.path} has {original} entries with 8-character keys, as the original cachy (pycachy) "

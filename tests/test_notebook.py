@@ -103,7 +103,7 @@ def test_a_cachy_warning_is_one_line_at_the_users_call_then_that_call(outputs, f
     assert (warning["output_type"], warning["name"], result["output_type"]) == ("stream", "stderr", "execute_result")
     first, code = warning["text"].splitlines()
     location, message = first.split(": CachyWarning: ")
-    assert message == f"cachy skipped damaged lines [1] of {folder / 'cachy.jsonl'}"
+    assert message == f"cachy skipped damaged lines of {folder / 'cachy.jsonl'}: 1 in all, line 1"
     line = source("damaged", folder).splitlines().index(CALL) + 1
     assert location.endswith(f".py:{line}")  # the cell's file, where IPython keeps it
     assert not location.startswith((str(Path(cachy.__file__).parent), sys.prefix))
