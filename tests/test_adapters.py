@@ -1,0 +1,280 @@
+"""The requests and aiohttp adapters, against a fake provider on 127.0.0.1: the same key, store, modes and
+recording policy as httpx, and answers that read like the live ones."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from helpers import entries
+
+from cachy import CachyMiss, cachy_stats, enable_cachy, no_cachy
+
+EVENTS = [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"]
+FIXED = {"content-type": "application/json", "x-request-id": "req_1", "set-cookie": "session=s"}
+
+
+class Upstream(ThreadingHTTPServer):
+    """A provider on 127.0.0.1 that counts its calls. By path: `/events` streams EVENTS chunked (with `pace`, the
+    second only once the client has the first), `/broken` drops the connection after two of them, `/gzip` answers
+    gzip-encoded JSON, `/fixed` the same JSON every time, `/status/N` status N; OpenAI and Gemini paths answer
+    their shapes, and anything else `{"n": call number, "echo": request body}`."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.calls, self.pace, self.waited = 0, False, []
+        self.first_received = threading.Event()  # set by a test once its client has the first event
+        threading.Thread(target=self.serve_forever, args=(0.01,), daemon=True).start()
+
+    def handle_error(self, request, client_address):
+        pass  # a client that leaves before the end (a test of exactly that) is no error here
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Upstream
+
+    def do_GET(self):
+        self.do_POST()
+
+    def do_POST(self):
+        self.server.calls += 1
+        n = self.server.calls
+        body = self.read_body()
+        path = self.path.partition("?")[0]
+        request = json.loads(body) if body.startswith(b"{") else {}
+        if path in ("/events", "/broken") or path.endswith(":streamGenerateContent") or request.get("stream"):
+            return self.stream(path, request, n)
+        if path == "/fixed":
+            return self.answer(200, {}, json.dumps({"answer": "the same", "n": [1, 2]}, indent=1).encode())
+        if path == "/gzip":
+            return self.answer(200, {"content-encoding": "gzip"}, gzip.compress(json.dumps({"n": n}).encode()))
+        if path.startswith("/status/"):
+            return self.answer(int(path.rpartition("/")[2]), {}, json.dumps({"error": {"message": "no"}}).encode())
+        if path.endswith(":generateContent"):
+            return self.answer(200, {}, json.dumps(gemini_answer(n)).encode())
+        if path.endswith("/chat/completions"):
+            message = {"role": "assistant", "content": f"answer {n}"}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            completion = {"id": f"c{n}", "object": "chat.completion", "created": 1, "model": "gpt-x"}
+            return self.answer(200, {}, json.dumps({**completion, "choices": [choice]}).encode())
+        self.answer(200, {}, json.dumps({"n": n, "echo": body.decode(errors="replace")}).encode())
+
+    def read_body(self) -> bytes:
+        if self.headers.get("transfer-encoding") != "chunked":
+            return self.rfile.read(int(self.headers.get("content-length", 0)))
+        chunks = []
+        while size := int(self.rfile.readline(), 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        self.rfile.readline()
+        return b"".join(chunks)
+
+    def answer(self, status: int, headers: dict, body: bytes):
+        self.send_response(status)
+        for name, value in {**FIXED, **headers, "content-length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def stream(self, path: str, request: dict, n: int):
+        if path.endswith(":streamGenerateContent"):
+            events = [f"data: {json.dumps(gemini_answer(n))}\n\n".encode()] * 2
+        elif path.endswith("/chat/completions"):
+            chunk = {"id": f"c{n}", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x"}
+            choices = [
+                {"index": 0, "delta": {"role": "assistant", "content": f"streamed {n}"}, "finish_reason": None},
+                {"index": 0, "delta": {}, "finish_reason": "stop"},
+            ]
+            events = [b"data: %s\n\n" % json.dumps({**chunk, "choices": [choice]}).encode() for choice in choices]
+            events.append(b"data: [DONE]\n\n")
+        else:
+            events = EVENTS
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for number, event in enumerate(events):
+            if number == 2 and path == "/broken":
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)  # no final chunk: the body is cut short
+                return
+            if number == 1 and self.server.pace:
+                self.server.waited.append(self.server.first_received.wait(timeout=5))
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args):
+        pass
+
+
+def gemini_answer(n: int) -> dict:
+    candidate = {"content": {"role": "model", "parts": [{"text": f"gemini {n}"}]}, "finishReason": "STOP"}
+    return {"candidates": [candidate], "usageMetadata": {"promptTokenCount": 1, "totalTokenCount": 2}}
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    """The fake provider, with cachy enabled for its host."""
+    server = Upstream()
+    enable_cachy(tmp_path, doms=("127.0.0.1",))
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def stored(folder) -> list[tuple[str, str, str]]:
+    """(method, path, response) of each entry."""
+    return [(entry["method"], entry["url"].split("/", 3)[3], entry["response"]) for entry in entries(folder)]
+
+
+# ------------------------------------------------------------------------------------- requests
+def test_requests_records_then_replays(upstream, tmp_path):
+    answers = [requests.post(f"{upstream.url}/v1/x", json={"q": "é"}) for _ in range(2)]
+    assert upstream.calls == 1
+    assert answers[0].json() == answers[1].json() == {"n": 1, "echo": '{"q": "\\u00e9"}'}
+    for answer in answers:  # a miss answers as its hits will: the stored headers only
+        assert dict(answer.headers) == {"content-type": "application/json"}
+        assert answer.status_code == 200 and answer.reason == "OK" and answer.url == f"{upstream.url}/v1/x"
+    assert len(entries(tmp_path)) == 1
+    assert cachy_stats().hits == 1
+
+
+def looks(response: requests.Response) -> dict:
+    """What code reads of a response besides its body."""
+    return {
+        "status": (response.status_code, response.reason, response.ok, response.url, response.encoding),
+        "headers": (response.headers["Content-Type"], "content-encoding" in response.headers),
+        "request": (response.request.method, response.request.url),
+        "elapsed": response.elapsed.total_seconds() >= 0,
+    }
+
+
+READS = {
+    "json": lambda response: response.json(),
+    "text": lambda response: response.text,
+    "content": lambda response: response.content,
+    "iter_lines": lambda response: list(response.iter_lines()),
+    "iter_content": lambda response: b"".join(response.iter_content(3)),
+    "iter_content_none": lambda response: b"".join(response.iter_content(None)),
+    "raw_read": lambda response: response.raw.read(),
+    "raw_read_sized": lambda response: b"".join(iter(lambda: response.raw.read(5), b"")),
+    "raw_stream": lambda response: b"".join(response.raw.stream(4)),
+}
+
+
+@pytest.mark.parametrize(
+    ("way", "stream"),
+    [(way, stream) for way in READS for stream in (False, True) if stream or not way.startswith("raw")],
+)  # without stream=True, requests has read the raw body already
+def test_a_requests_replay_reads_like_the_live_response(upstream, way, stream):
+    path = "/events" if way in ("iter_lines", "raw_read_sized") else "/fixed"
+
+    def read():
+        response = requests.post(upstream.url + path, json={"q": 1}, stream=stream)
+        return READS[way](response), looks(response)
+
+    with no_cachy():
+        live = read()
+    recorded, replayed = read(), read()
+    assert upstream.calls == 2
+    assert live == recorded == replayed
+
+
+def test_requests_raise_for_status_on_a_replayed_client_error(upstream):
+    for _ in range(2):
+        response = requests.post(f"{upstream.url}/status/404", json={})
+        with pytest.raises(requests.HTTPError, match="404 Client Error: Not Found"):
+            response.raise_for_status()
+    assert upstream.calls == 1
+
+
+def test_requests_errors_pass_through_unrecorded(upstream, tmp_path):
+    assert [requests.post(f"{upstream.url}/status/500").status_code for _ in range(2)] == [500, 500]
+    assert upstream.calls == 2
+    assert entries(tmp_path) == []
+    assert requests.post(f"{upstream.url}/status/500").headers["x-request-id"] == "req_1"  # untouched
+
+
+def test_a_requests_stream_passes_chunks_on_as_they_arrive_and_records_at_the_end(upstream, tmp_path):
+    upstream.pace = True
+    for run in ("miss", "hit"):
+        received = []
+        with requests.post(f"{upstream.url}/events", stream=True) as response:
+            for chunk in response.iter_content(None):
+                received.append(chunk)
+                upstream.first_received.set()
+                if run == "miss" and len(received) < len(EVENTS):
+                    assert entries(tmp_path) == []  # nothing is written before the stream's end
+        assert b"".join(received) == b"".join(EVENTS)
+    assert upstream.waited == [True]  # the server sent the rest only once the client had the first event
+    assert stored(tmp_path) == [("POST", "events", b"".join(EVENTS).decode())]
+
+
+def test_a_requests_stream_closed_early_is_completed_and_one_closed_unread_is_not_recorded(upstream, tmp_path):
+    with requests.post(f"{upstream.url}/events", stream=True) as response:
+        assert response.status_code == 200
+    assert entries(tmp_path) == []
+    with requests.post(f"{upstream.url}/events", stream=True) as response:
+        assert next(response.iter_lines()) == b"data: 1"
+    assert stored(tmp_path) == [("POST", "events", b"".join(EVENTS).decode())]
+
+
+def test_a_requests_stream_that_breaks_records_nothing(upstream, tmp_path):
+    received = []
+    with (
+        pytest.raises(requests.exceptions.ChunkedEncodingError),
+        requests.post(f"{upstream.url}/broken", stream=True) as response,
+    ):
+        received.extend(response.iter_content(None))
+    assert b"".join(received) == b"".join(EVENTS[:2])
+    assert entries(tmp_path) == []
+    assert cachy_stats().unrecorded == 1
+
+
+def test_requests_gzip_is_recorded_and_replayed_decoded(upstream, tmp_path):
+    answers = [requests.get(f"{upstream.url}/gzip") for _ in range(2)]
+    assert upstream.calls == 1
+    assert answers[0].json() == answers[1].json() == {"n": 1}
+    assert all("content-encoding" not in answer.headers for answer in answers)
+    assert entries(tmp_path)[0]["response"] == '{"n": 1}'
+
+
+def test_requests_replay_mode_and_no_cachy(upstream, tmp_path):
+    enable_cachy(tmp_path, doms=("127.0.0.1",), mode="replay")
+    with pytest.raises(CachyMiss, match=r"no recorded response for POST http://127\.0\.0\.1"):
+        requests.post(f"{upstream.url}/v1/x", json={})
+    with no_cachy():
+        assert requests.post(f"{upstream.url}/v1/x", json={}).json()["n"] == 1
+    assert upstream.calls == 1
+    assert entries(tmp_path) == []
+
+
+def test_requests_reads_a_streamed_upload_and_still_sends_it(upstream, tmp_path):
+    (tmp_path / "upload.bin").write_bytes(b"file body")
+    for _ in range(2):
+        with open(tmp_path / "upload.bin", "rb") as file:
+            assert requests.post(f"{upstream.url}/v1/upload", data=file).json()["echo"] == "file body"
+        chunks = (chunk for chunk in [b"generated ", "body"])
+        assert requests.post(f"{upstream.url}/v1/upload", data=chunks).json()["echo"] == "generated body"
+    assert upstream.calls == 2
+
+
+def test_requests_to_other_hosts_go_untouched(upstream, tmp_path):
+    enable_cachy(tmp_path, doms=("api.openai.com",))
+    for _ in range(2):
+        requests.post(f"{upstream.url}/v1/x", json={})
+    assert upstream.calls == 2
+    assert entries(tmp_path) == []
