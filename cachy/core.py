@@ -1127,7 +1127,7 @@ def _unpatch() -> None:
         adapter.unpatch()
 
 
-_ADAPTERS = [PatchOnImport("requests", "cachy.requests_adapter")]
+_ADAPTERS = [PatchOnImport("requests", "cachy.requests_adapter"), PatchOnImport("aiohttp", "cachy.aiohttp_adapter")]
 
 
 # ----------------------------------------------------------------------------------- public API

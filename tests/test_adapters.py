@@ -3,12 +3,14 @@ recording policy as httpx, and answers that read like the live ones."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import aiohttp
 import pytest
 import requests
 from helpers import entries
@@ -133,6 +135,16 @@ def upstream(tmp_path):
     yield server
     server.shutdown()
     server.server_close()
+
+
+def run(coroutine_function, *args):
+    """Run an aiohttp scenario in a fresh session and event loop."""
+
+    async def scenario():
+        async with aiohttp.ClientSession() as session:
+            return await coroutine_function(session, *args)
+
+    return asyncio.run(scenario())
 
 
 def stored(folder) -> list[tuple[str, str, str]]:
@@ -278,3 +290,214 @@ def test_requests_to_other_hosts_go_untouched(upstream, tmp_path):
         requests.post(f"{upstream.url}/v1/x", json={})
     assert upstream.calls == 2
     assert entries(tmp_path) == []
+
+
+# -------------------------------------------------------------------------------------- aiohttp
+async def post_json(session: aiohttp.ClientSession, url: str) -> tuple:
+    async with session.post(url, json={"q": "é"}) as response:
+        return await response.json(), response.status, response.reason, dict(response.headers), str(response.url)
+
+
+def test_aiohttp_records_then_replays(upstream, tmp_path):
+    answers = [run(post_json, f"{upstream.url}/v1/x") for _ in range(2)]
+    assert upstream.calls == 1
+    assert answers[0] == answers[1]
+    assert answers[0] == (
+        {"n": 1, "echo": '{"q": "\\u00e9"}'},
+        200,
+        "OK",
+        {"content-type": "application/json"},
+        f"{upstream.url}/v1/x",
+    )
+    assert len(entries(tmp_path)) == 1
+    assert cachy_stats().hits == 1
+
+
+async def read_all(response: aiohttp.ClientResponse) -> bytes:
+    return await response.read()
+
+
+async def iterate_lines(response: aiohttp.ClientResponse) -> list[bytes]:
+    return [line async for line in response.content]
+
+
+async def read_lines(response: aiohttp.ClientResponse) -> list[bytes]:
+    lines = []
+    while line := await response.content.readline():
+        lines.append(line)
+    return lines
+
+
+async def iter_chunked(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    chunks = [chunk async for chunk in response.content.iter_chunked(4)]
+    return b"".join(chunks), all(len(chunk) <= 4 for chunk in chunks)  # a live body's chunks vary with timing
+
+
+async def iter_any(response: aiohttp.ClientResponse) -> bytes:
+    return b"".join([chunk async for chunk in response.content.iter_any()])
+
+
+async def read_after_release(response: aiohttp.ClientResponse) -> bytes:
+    body = await response.read()
+    response.release()
+    with pytest.raises(aiohttp.ClientConnectionError, match="Connection closed"):
+        await response.read()
+    return body
+
+
+AIOHTTP_READS = {
+    "json": lambda response: response.json(),
+    "text": lambda response: response.text(),
+    "read": read_all,
+    "lines": iterate_lines,
+    "readline": read_lines,
+    "iter_chunked": iter_chunked,
+    "iter_any": iter_any,
+    "release": read_after_release,
+}
+
+
+@pytest.mark.parametrize(
+    ("way", "path"),
+    [(way, path) for path in ("/fixed", "/events") for way in AIOHTTP_READS if (way, path) != ("json", "/events")],
+)
+def test_an_aiohttp_replay_reads_like_the_live_response(upstream, way, path):
+    async def read(session):
+        async with session.post(upstream.url + path, json={"q": 1}) as response:
+            looks = (response.status, response.reason, response.ok, str(response.url), response.content_type)
+            return await AIOHTTP_READS[way](response), looks, response.headers.get("content-encoding")
+
+    with no_cachy():
+        live = run(read)
+    recorded, replayed = run(read), run(read)
+    assert upstream.calls == 2
+    assert live == recorded == replayed
+
+
+def test_aiohttp_raise_for_status_on_a_replayed_client_error(upstream):
+    async def post(session):
+        async with session.post(f"{upstream.url}/status/404", json={}) as response:
+            assert (response.status, response.ok, response.reason) == (404, False, "Not Found")
+            assert await response.json() == {"error": {"message": "no"}}
+            with pytest.raises(aiohttp.ClientResponseError, match="404, message='Not Found'"):
+                response.raise_for_status()
+        with pytest.raises(aiohttp.ClientResponseError, match="404"):  # raised by the session, on a hit
+            await session.post(f"{upstream.url}/status/404", json={}, raise_for_status=True)
+
+    for _ in range(2):
+        run(post)
+    assert upstream.calls == 1
+
+
+def test_aiohttp_errors_pass_through_unrecorded(upstream, tmp_path):
+    async def post(session):
+        async with session.post(f"{upstream.url}/status/500") as response:
+            return response.status, response.headers["x-request-id"], await response.json()
+
+    assert run(post) == run(post) == (500, "req_1", {"error": {"message": "no"}})
+    assert upstream.calls == 2
+    assert entries(tmp_path) == []
+
+
+def test_an_aiohttp_miss_passes_chunks_on_as_they_arrive_and_records_at_the_end(upstream, tmp_path):
+    upstream.pace = True
+
+    async def stream(session, run):
+        received = []
+        async with session.post(f"{upstream.url}/events") as response:
+            async for chunk in response.content.iter_any():
+                received.append(chunk)
+                upstream.first_received.set()
+                if run == "miss" and b"".join(received) != b"".join(EVENTS):
+                    assert entries(tmp_path) == []  # nothing is written before the body's end
+        return b"".join(received)
+
+    assert run(stream, "miss") == run(stream, "hit") == b"".join(EVENTS)
+    assert upstream.waited == [True]  # the server sent the rest only once the client had the first event
+    assert stored(tmp_path) == [("POST", "events", b"".join(EVENTS).decode())]
+
+
+def test_an_aiohttp_body_that_breaks_or_is_released_early_records_nothing(upstream, tmp_path):
+    async def broken(session):
+        async with session.post(f"{upstream.url}/broken") as response:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+
+    async def released(session):
+        upstream.pace = True  # the upstream holds the rest back until the first event is received
+        async with session.post(f"{upstream.url}/events") as response:
+            assert await response.content.readline() == b"data: 1\n"
+        upstream.first_received.set()
+
+    run(broken)
+    run(released)
+    assert entries(tmp_path) == []
+    assert cachy_stats().unrecorded == 2
+
+
+def test_an_aiohttp_body_that_arrived_whole_is_recorded_though_never_read(upstream, tmp_path):
+    async def unread(session):
+        async with session.post(f"{upstream.url}/fixed") as response:
+            await asyncio.sleep(0.1)  # the whole body arrives meanwhile
+            assert response.status == 200
+
+    run(unread)
+    assert len(entries(tmp_path)) == 1
+
+
+def test_aiohttp_gzip_is_recorded_and_replayed_decoded(upstream, tmp_path):
+    async def get(session):
+        async with session.get(f"{upstream.url}/gzip") as response:
+            return await response.json(), "content-encoding" in response.headers
+
+    assert run(get) == run(get) == ({"n": 1}, False)
+    assert upstream.calls == 1
+    assert entries(tmp_path)[0]["response"] == '{"n": 1}'
+
+
+def test_aiohttp_without_decompression_passes_an_encoded_body_through(upstream, tmp_path):
+    async def get(session):
+        async with session.get(f"{upstream.url}/gzip", auto_decompress=False) as response:
+            return gzip.decompress(await response.read())
+
+    assert run(get) == b'{"n": 1}'
+    assert entries(tmp_path) == []
+    assert cachy_stats().passed == 1
+
+
+def test_aiohttp_replay_mode_and_no_cachy(upstream, tmp_path):
+    enable_cachy(tmp_path, doms=("127.0.0.1",), mode="replay")
+    with pytest.raises(CachyMiss, match=r"no recorded response for POST http://127\.0\.0\.1"):
+        run(post_json, f"{upstream.url}/v1/x")
+    with no_cachy():
+        assert run(post_json, f"{upstream.url}/v1/x")[0]["n"] == 1
+    assert upstream.calls == 1
+    assert entries(tmp_path) == []
+
+
+def test_aiohttp_to_other_hosts_goes_untouched(upstream, tmp_path):
+    enable_cachy(tmp_path, doms=("api.openai.com",))
+    run(post_json, f"{upstream.url}/v1/x")
+    run(post_json, f"{upstream.url}/v1/x")
+    assert upstream.calls == 2
+    assert entries(tmp_path) == []
+
+
+def test_aiohttp_keys_the_body_and_query_it_sends(upstream, tmp_path):
+    """A session's base URL and params, form data and a streamed upload: keyed as they go out, and still sent."""
+
+    async def chunks():
+        yield b"streamed "
+        yield b"upload"
+
+    async def post(session, **kwargs):
+        async with session.post("/v1/x", params={"a": "b c"}, **kwargs) as response:
+            return (await response.json())["echo"]
+
+    async def scenario():
+        async with aiohttp.ClientSession(base_url=upstream.url) as session:
+            return [await post(session, data=data) for data in ({"form": "é"}, chunks(), chunks())]
+
+    assert asyncio.run(scenario()) == ["form=%C3%A9", "streamed upload", "streamed upload"]
+    assert upstream.calls == 2
+    assert [entry["url"] for entry in entries(tmp_path)] == [f"{upstream.url}/v1/x?a=b%20c"] * 2
