@@ -6,16 +6,26 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import aiohttp
+import httpx
+import litellm
 import pytest
 import requests
+from google import genai
+from google.genai import types
 from helpers import entries
+from litellm.llms.custom_httpx.aiohttp_transport import LiteLLMAiohttpTransport
 
-from cachy import CachyMiss, cachy_stats, enable_cachy, no_cachy
+import cachy
+from cachy import CachyMiss, CachyWarning, cachy_stats, disable_cachy, enable_cachy, no_cachy
 
 EVENTS = [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"]
 FIXED = {"content-type": "application/json", "x-request-id": "req_1", "set-cookie": "session=s"}
@@ -501,3 +511,153 @@ def test_aiohttp_keys_the_body_and_query_it_sends(upstream, tmp_path):
     assert asyncio.run(scenario()) == ["form=%C3%A9", "streamed upload", "streamed upload"]
     assert upstream.calls == 2
     assert [entry["url"] for entry in entries(tmp_path)] == [f"{upstream.url}/v1/x?a=b%20c"] * 2
+
+
+# ------------------------------------------------------------------------------ across transports
+@pytest.mark.parametrize("query", ["", "?alt=sse&key=SECRET", "?"], ids=["plain", "query", "empty-query"])
+def test_one_request_has_one_key_through_httpx_requests_and_aiohttp(upstream, tmp_path, query):
+    """Recorded through one, a hit through the others: the URL as each writes it, the JSON as each encodes it."""
+    url = f"{upstream.url}/v1beta/models/gemini-x:generateContent{query}"
+    body = {"contents": [{"parts": [{"text": "é ü"}]}], "config": {"temperature": 0}}
+
+    async def through_aiohttp(session):
+        async with session.post(url, json=body) as response:
+            return await response.json()
+
+    answers = [
+        httpx.post(url, json=body).json(),
+        requests.post(url, json=body).json(),
+        run(through_aiohttp),
+        httpx.post(url, content=json.dumps(body, indent=2)).json(),  # the same JSON, written otherwise
+    ]
+    assert answers == [gemini_answer(1)] * 4
+    assert upstream.calls == 1
+    assert len(entries(tmp_path)) == 1
+    assert cachy_stats().hits == 3
+
+
+def test_streamed_requests_share_a_key_between_httpx_and_requests(upstream, tmp_path):
+    with httpx.stream("POST", f"{upstream.url}/events", json={}) as response:
+        first = b"".join(response.iter_bytes())
+    with requests.post(f"{upstream.url}/events", json={}, stream=True) as response:
+        assert b"".join(response.iter_content(None)) == first
+    assert upstream.calls == 1
+
+
+# ------------------------------------------------------------------------------------ real SDKs
+@pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")  # its own
+def test_google_genai_async_client_on_its_aiohttp_path(upstream, tmp_path):
+    async def generate():
+        client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=upstream.url))
+        assert client._api_client._use_aiohttp()  # its default whenever aiohttp is installed
+        answer = await client.aio.models.generate_content(model="gemini-x", contents="hi")
+        stream = await client.aio.models.generate_content_stream(model="gemini-x", contents="hi")
+        return answer.text, [chunk.text async for chunk in stream]
+
+    assert asyncio.run(generate()) == asyncio.run(generate()) == ("gemini 1", ["gemini 2", "gemini 2"])
+    assert upstream.calls == 2
+    assert [path for _, path, _ in stored(tmp_path)] == [
+        "v1/models/gemini-x:generateContent",
+        "v1/models/gemini-x:streamGenerateContent?alt=sse",
+    ]
+
+
+@pytest.mark.slow
+def test_litellm_over_its_aiohttp_transport_records_each_call_once(upstream, tmp_path, monkeypatch):
+    """litellm's httpx client sends through aiohttp: the httpx layer records, the aiohttp layer passes it on."""
+    through_aiohttp = []
+    handle = LiteLLMAiohttpTransport.handle_async_request
+
+    async def spied(self, request):
+        through_aiohttp.append(request.url.path)
+        return await handle(self, request)
+
+    monkeypatch.setattr(LiteLLMAiohttpTransport, "handle_async_request", spied)
+    call = {"model": "openai/gpt-x", "messages": [{"role": "user", "content": "hi"}], "api_key": "k"}
+
+    async def complete():
+        answer = await litellm.acompletion(**call, api_base=f"{upstream.url}/v1")
+        stream = await litellm.acompletion(**call, api_base=f"{upstream.url}/v1", stream=True)
+        return answer.choices[0].message.content, "".join([c.choices[0].delta.content or "" async for c in stream])
+
+    assert asyncio.run(complete()) == asyncio.run(complete()) == ("answer 1", "streamed 2")
+    assert through_aiohttp == ["/v1/chat/completions"] * 2  # the misses; the hits never reached a transport
+    assert upstream.calls == 2
+    assert len(entries(tmp_path)) == 2
+    assert cachy_stats().recorded == 2
+
+
+# -------------------------------------------------------------------------------- lazy patching
+def python(code: str, tmp_path) -> str:
+    """Run `code` in a fresh interpreter that imports this cachy; its stdout."""
+    root = str(Path(cachy.__file__).parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_neither_library_is_imported_by_cachy_and_one_imported_later_is_patched(upstream, tmp_path):
+    code = f"""
+import asyncio, sys
+import cachy
+cachy.enable_cachy(doms=("127.0.0.1",))
+print(sorted({{"requests", "aiohttp", "urllib3"}} & set(sys.modules)))
+import requests
+print([requests.post("{upstream.url}/v1/x", json={{}}).json()["n"] for _ in range(2)])
+import aiohttp
+
+async def post():
+    async with aiohttp.ClientSession() as session, session.post("{upstream.url}/v1/y", json={{}}) as response:
+        return (await response.json())["n"]
+
+print([asyncio.run(post()) for _ in range(2)])
+cachy.disable_cachy()
+print(requests.post("{upstream.url}/v1/x", json={{}}).json()["n"])
+"""
+    assert python(code, tmp_path).split("\n") == ["[]", "[1, 1]", "[2, 2]", "3", ""]
+
+
+@pytest.mark.slow
+def test_cachy_works_without_requests_and_aiohttp(upstream, tmp_path):
+    code = f"""
+import sys
+sys.modules["requests"] = sys.modules["aiohttp"] = None  # as if not installed
+import cachy, httpx
+cachy.enable_cachy(doms=("127.0.0.1",))
+print([httpx.post("{upstream.url}/v1/x", json={{}}).json()["n"] for _ in range(2)])
+try:
+    import aiohttp
+except ImportError:
+    print("no aiohttp")
+cachy.disable_cachy()
+"""
+    assert python(code, tmp_path).split("\n") == ["[1, 1]", "no aiohttp", ""]
+
+
+def test_disable_puts_back_the_originals_and_enable_wraps_once(tmp_path):
+    from requests.adapters import HTTPAdapter
+
+    originals = HTTPAdapter.__dict__["send"], aiohttp.ClientSession.__dict__["_request"]
+    enable_cachy(tmp_path)
+    enable_cachy(tmp_path)
+    assert HTTPAdapter.send.__wrapped__ is originals[0]
+    assert aiohttp.ClientSession._request.__wrapped__ is originals[1]
+    disable_cachy()
+    assert (HTTPAdapter.__dict__["send"], aiohttp.ClientSession.__dict__["_request"]) == originals
+
+
+def test_an_aiohttp_without_middlewares_is_left_alone_and_says_so(tmp_path, monkeypatch):
+    async def old_request(self, method, str_or_url, **kwargs):  # aiohttp before 3.12 had no middlewares
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", old_request)
+    with pytest.warns(CachyWarning, match="cachy caches aiohttp from version 3.12 on"):
+        enable_cachy(tmp_path)
+    assert aiohttp.ClientSession._request is old_request
