@@ -1,8 +1,8 @@
 """Patch requests and aiohttp only once the program itself has imported them.
 
-cachy needs neither library, and importing one costs time (aiohttp takes about 0.1 s) and can change what a
-program does, so neither `import cachy` nor `enable_cachy()` imports them. A library imported later is patched
-right after its own import finishes, by a finder on `sys.meta_path`.
+cachy needs neither library, and importing them takes time (here 0.3 s for aiohttp, 0.15 s for requests), so
+neither `import cachy` nor `enable_cachy()` imports them. A library imported later is patched right after its
+own import finishes, by a finder on `sys.meta_path`.
 """
 
 from __future__ import annotations
