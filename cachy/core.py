@@ -37,6 +37,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import httpx
 from fastcore.meta import delegates
 
+from .lazy import PatchOnImport
+
 try:
     import httpx2
 except ImportError:  # optional: only the newest openai, anthropic and google-genai use it
@@ -1350,7 +1352,7 @@ def _unpatch() -> None:
         adapter.unpatch()
 
 
-_ADAPTERS: list[Any] = []  # the requests and aiohttp adapters add themselves, when their library is installed
+_ADAPTERS = [PatchOnImport("requests", "cachy.requests_adapter"), PatchOnImport("aiohttp", "cachy.aiohttp_adapter")]
 
 
 # ----------------------------------------------------------------------------------- public API
