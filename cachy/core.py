@@ -201,13 +201,14 @@ def _is_secret_param(name: str) -> bool:
 
 
 def public_url(url: str) -> str:
-    """`url` without user and password and without credential query parameters: fit to hash, store and print."""
-    if "?" not in url and "@" not in url:  # the usual LLM endpoint, at no cost
+    """`url` without user and password, credential query parameters or a default port (requests keeps `:443`,
+    httpx drops it): fit to hash, store and print, and alike whichever transport sent it."""
+    if "?" not in url and "@" not in url and url.count(":") == 1:  # the usual LLM endpoint, at no cost
         return url
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
+    if parts.port is not None and (parts.scheme, parts.port) not in (("https", 443), ("http", 80)):
         netloc += f":{parts.port}"
     params = [
         (name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if not _is_secret_param(name)

@@ -377,3 +377,10 @@ def test_the_text_before_a_package_path_is_not_part_of_it(tmp_path):
     or a newline and a tab there (two different prompts) share a key, and one gets the other's answer."""
     path = "/home/a/.venv/lib/python3.11/site-packages/toolslm/funccall.py"
     assert not hits(tmp_path, chat(f"files:\n{path}"), chat(f"files:\t{path}"))
+
+
+def test_a_default_port_does_not_change_the_key():
+    """requests keeps an explicit `:443` in the URL where httpx drops it: the same request either way."""
+    assert core.public_url("https://api.openai.com:443/v1/chat/completions") == URL
+    assert core.public_url("http://127.0.0.1:80/v1") == "http://127.0.0.1/v1"
+    assert core.public_url("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080/v1"
