@@ -9,6 +9,7 @@ rounds, and each ratio is the median over the rounds of the ratio to the baselin
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import resource
@@ -16,7 +17,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -155,17 +158,88 @@ def by_request_size(http: httpx.Client, kilobytes: list[int], samples: int) -> N
         )
 
 
+class _Provider(BaseHTTPRequestHandler):
+    """A fake provider on 127.0.0.1 for the transports that have no mock transport: 1 KB JSON answers."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as SDK clients use
+    wbufsize = -1  # headers and body in one write: else delayed ACKs add 40 ms to each round trip
+    disable_nagle_algorithm = True
+
+    def do_POST(self) -> None:
+        question = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        body = json.dumps({"id": question["messages"][-1]["content"], "text": PADDING[:900]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def by_transport(samples: int) -> None:
+    """Hit and miss cost through requests and aiohttp, each against a plain round trip of the same transport
+    to a local server, on a cache of 1,000 entries."""
+    import aiohttp
+    import requests
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Provider)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    print(f"\n{samples} calls of each kind per transport, to a local server, on a cache of 1,000 entries")
+    print("| transport | plain round trip | hit | hit / plain | miss (record) | miss / plain |")
+    print("|---|---:|---:|---:|---:|---:|")
+    session = requests.Session()
+    loop = asyncio.new_event_loop()
+    aio = loop.run_until_complete(_aiohttp_session(aiohttp))
+
+    async def aiohttp_post(payload: dict) -> dict:
+        async with aio.post(url, json=payload) as response:
+            return await response.json()
+
+    transports = {
+        "requests": lambda payload: session.post(url, json=payload).json(),
+        "aiohttp": lambda payload: loop.run_until_complete(aiohttp_post(payload)),
+    }
+    for name, post in transports.items():
+        folder = Path(tempfile.mkdtemp(prefix="cachy-bench-"))
+        enable_cachy(folder, doms=("127.0.0.1",))
+        for n in range(1000):
+            post(question(n))
+        on = lambda f=folder: enable_cachy(f, doms=("127.0.0.1",))  # noqa: E731
+        figures = interleaved(
+            {
+                "plain": (disable_cachy, lambda n, post=post: post(question(n % 1000)), samples),
+                "hit": (on, lambda n, post=post: post(question(n % 1000)), samples),
+                "miss": (on, lambda n, post=post: post(question(10**6 + n)), samples // 2),
+            }
+        )
+        disable_cachy()
+        (plain, _), (hit, hit_ratio), (miss, miss_ratio) = figures["plain"], figures["hit"], figures["miss"]
+        print(f"| {name} | {plain:.0f} us | {hit:.0f} us | {hit_ratio:.2f}x | {miss:.0f} us | {miss_ratio:.2f}x |")
+    loop.run_until_complete(aio.close())
+    server.shutdown()
+
+
+async def _aiohttp_session(aiohttp):
+    return aiohttp.ClientSession()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000", help="cache sizes to measure at")
     parser.add_argument("--samples", type=int, default=4000, help="calls per median")
     parser.add_argument("--bodies", default="2,50,200", help="request body sizes in KB (empty: skip)")
+    parser.add_argument("--transports", action=argparse.BooleanOptionalAction, default=True, help="requests, aiohttp")
     parser.add_argument("--cold", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cold:
         return cold_start(args.cold, hits=args.samples)
     if args.bodies and not IS_ORIGINAL:
         by_request_size(client(), [int(size) for size in args.bodies.split(",")], min(args.samples, 1000))
+    if args.transports and not IS_ORIGINAL:
+        by_transport(min(args.samples, 1000))
     if not args.sizes:
         return
     sizes = [int(size) for size in args.sizes.split(",")]
