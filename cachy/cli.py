@@ -57,7 +57,7 @@ def stats(path: str | None) -> None:
     stale = " (stale: cachy compact --drop-stale drops them)" if set(versions) - {KEY_VERSION} else ""
     print(f"key versions: {by_version or 'none'}; this cachy writes version {KEY_VERSION}{stale}")
     print(f"recorded: {f'{min(dates)} to {max(dates)}' if dates else 'no dates (written before cachy kept them)'}")
-    print(f"a replay of every entry {saved.savings()}")
+    print(f"a replay of every entry saves {saved.savings()}")
     if endpoints:
         print(f"\n{'entries':>8} {'bytes':>12}  endpoint")
         for endpoint, count in endpoints.most_common():

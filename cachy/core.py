@@ -863,13 +863,13 @@ class Stats:
         counts = f"{self.hits} hits, {self.recorded} recorded, {self.passed} passed through, {self.replay_misses} replay misses"
         if self.unrecorded:
             counts += f", {self.unrecorded} not recorded"
-        return f"{counts}; {self.savings()}" if self._saved_something() else counts
+        return f"{counts}; saved {self.savings()}" if self._saved_something() else counts
 
     def savings(self) -> str:
-        """What the hits saved, as people read it: `saved 2 min 13 s and 182k tokens`."""
+        """What the hits saved, as people read it: `2 min 13 s and 182k tokens`."""
         minutes, seconds = divmod(round(self.saved_seconds), 60)
         spent = f"{minutes} min {seconds} s" if minutes else f"{self.saved_seconds:.1f} s"
-        return f"saved {spent} and {_short(self.saved_input_tokens + self.saved_output_tokens)} tokens"
+        return f"{spent} and {_short(self.saved_input_tokens + self.saved_output_tokens)} tokens"
 
     def add(self, other: Stats) -> None:
         """Add another part's counts (a test's, a pytest-xdist worker's) to these."""
