@@ -558,7 +558,7 @@ def test_cachy_stats_shows_the_recording_dates_and_what_a_replay_saves(tmp_path,
     assert main(["stats", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "2024-01-02T03:04:05+00:00 to 2025-03-04T05:06:07+00:00" in out
-    assert f"saved {seconds:.1f} s and 36 tokens" in out  # the old entry's usage is not counted
+    assert f"a replay of every entry saves {seconds:.1f} s and 36 tokens" in out  # the old entry's usage is not counted
 
 
 def test_entries_recorded_before_count_no_savings_and_break_nothing(tmp_path, capsys):
