@@ -571,7 +571,7 @@ def test_entries_recorded_before_count_no_savings_and_break_nothing(tmp_path, ca
     assert (stats.hits, stats.saved_seconds, stats.saved_input_tokens, stats.saved_output_tokens) == (1, 0, 0, 0)
     assert str(stats) == "1 hits, 0 recorded, 0 passed through, 0 replay misses"
     assert main(["stats", str(tmp_path)]) == 0
-    assert "saved 0.0 s and 0 tokens" in capsys.readouterr().out
+    assert "saves 0.0 s and 0 tokens" in capsys.readouterr().out
     assert main(["show", key, "--file", str(tmp_path)]) == 0
     assert '"answer": 7' in capsys.readouterr().out
 
@@ -596,4 +596,4 @@ def test_savings_fields_that_are_null_count_nothing_and_break_nothing(tmp_path, 
     assert ask(Upstream(numbered).client(), {"q": 1}) == 1
     assert (cachy_stats().hits, cachy_stats().saved_seconds) == (1, 0)
     assert main(["stats", str(tmp_path)]) == 0
-    assert "saved 0.0 s and 0 tokens" in capsys.readouterr().out
+    assert "saves 0.0 s and 0 tokens" in capsys.readouterr().out
