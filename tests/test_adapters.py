@@ -556,10 +556,8 @@ def test_google_genai_async_client_on_its_aiohttp_path(upstream, tmp_path):
 
     assert asyncio.run(generate()) == asyncio.run(generate()) == ("gemini 1", ["gemini 2", "gemini 2"])
     assert upstream.calls == 2
-    assert [path for _, path, _ in stored(tmp_path)] == [
-        "v1/models/gemini-x:generateContent",
-        "v1/models/gemini-x:streamGenerateContent?alt=sse",
-    ]
+    paths = [path.partition("/")[2] for _, path, _ in stored(tmp_path)]  # after the API version: v1, v1beta
+    assert paths == ["models/gemini-x:generateContent", "models/gemini-x:streamGenerateContent?alt=sse"]
 
 
 @pytest.mark.slow
