@@ -1015,7 +1015,7 @@ class Engine:
         if offset is not None and (entry := self.store.read(slot, offset)) is not None:
             self.note("hits", call.method, url, slot)
             with _stats_lock:
-                self.stats.saved_seconds += entry.seconds
+                self.stats.saved_seconds = round(self.stats.saved_seconds + entry.seconds, 3)  # no float noise
                 self.stats.saved_input_tokens += entry.usage.get("input", 0)
                 self.stats.saved_output_tokens += entry.usage.get("output", 0)
             return entry

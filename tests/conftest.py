@@ -27,6 +27,9 @@ def cache_dir(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _cachy_off_after_each_test():
+def _cachy_off_after_each_test(monkeypatch):
+    """Each test starts with cachy off, and as a single process would: run under pytest-xdist, this suite's
+    workers would otherwise make `prune_cachy` refuse, as it must in a user's worker."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     yield
     disable_cachy()
