@@ -19,7 +19,7 @@ class _UserError(Exception):
     """An error the user can fix: printed as one line, exit code 1."""
 
 
-def _cache_file(path: str | None) -> Path:
+def _existing_cache_file(path: str | None) -> Path:
     file = Path(path) if path else default_cache_dir() / "cachy.jsonl"
     if file.is_dir():
         file = file / "cachy.jsonl"
@@ -31,7 +31,7 @@ def _cache_file(path: str | None) -> Path:
 def stats(path: str | None) -> None:
     """Entries, size, duplicates, damaged lines, key versions, when they were recorded, what a replay of them
     all saves, and where the bytes go, by host and endpoint."""
-    file = _cache_file(path)
+    file = _existing_cache_file(path)
     keys, versions, damaged, endpoints = Counter(), Counter(), [], Counter()
     size_by_endpoint, dates, saved = Counter(), [], Stats()
     for number, line, entry in scan_file(file):
@@ -83,7 +83,7 @@ def _body(entry: dict) -> str:
 
 def show(key: str, path: str | None) -> None:
     """One entry, the last one recorded for `key` (a unique prefix of it is enough)."""
-    file = _cache_file(path)
+    file = _existing_cache_file(path)
     found, damaged = {}, []
     for number, line, entry in scan_file(file):
         if entry and entry["key"].startswith(key):
@@ -113,7 +113,7 @@ def show(key: str, path: str | None) -> None:
 
 def compact(path: str | None, drop_stale: bool = False) -> None:
     """Rewrite the file deduplicated, without damaged lines, sorted by key."""
-    file = _cache_file(path)
+    file = _existing_cache_file(path)
     try:
         result = compact_cachy(file, drop_stale=drop_stale)
     except ValueError as refusal:

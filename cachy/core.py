@@ -17,6 +17,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -142,17 +143,21 @@ def _machine_rules() -> list[tuple[str, Any]]:
     """What differs between two machines that run the same code: where packages, Python and home are."""
     folders = _Folders({sys.base_prefix: "<python>", sys.prefix: "<python>", str(Path.home()): "~"})
     return [
-        (r"/(?:[^/\s\"'<>]+/)*?(?:site|dist)-packages(?=/)", "<site-packages>"),  # starts with a literal: fast
+        # A literal first keeps the scan fast; bounded segments keep a long run of slashes linear.
+        (r"/(?:[^/\s\"'<>]{1,100}/){0,16}?(?:site|dist)-packages(?=/)", "<site-packages>"),
         folders.rule(),
     ]
 
 
 key_rules: list[tuple[str, Any]] = [
     *_machine_rules(),
-    (r"ipykernel_\d+([/\\]+)\d+\.py", r"ipykernel\1<cell>.py"),  # a notebook cell's file, per kernel
+    # a notebook cell's file, per kernel, in the temp folder of Linux, macOS or Windows
+    (r"(?:/tmp|/var/folders/[\w-]+/[\w-]+/T)/ipykernel_\d+/\d+\.py", "<tmp>/ipykernel/<cell>.py"),
+    (r"ipykernel_\d+([/\\]+)\d+\.py", r"ipykernel\1<cell>.py"),
     (r"<ipython-input-\d+-[0-9a-f]+>", "<ipython-input>"),  # the same, in older IPython
     (r" at 0x[0-9a-fA-F]{6,16}>", " at 0x…>"),  # memory addresses in reprs: <function f at 0x7f…>
-    (r"/tmp/tmp[\w-]+|/var/folders/[\w-]+/[\w-]+/T/[\w-]+", "<tmp>"),  # tempfile folders: Linux, macOS
+    # tempfile's names (tmp and 8 characters) in the temp folders of Linux and macOS
+    (r"(?:/tmp|/var/folders/[\w-]+/[\w-]+/T)/tmp[a-z0-9_]{8}(?![\w.-])", "<tmp>"),
     (r'("prompt_cache_key"\s*:\s*)"[^"]*"', r'\1"…"'),  # a per-session id that wrappers generate
 ]
 """(pattern, replacement) pairs applied, in order, to a request body's text before it is hashed, so that what
@@ -191,29 +196,32 @@ _SECRET_PARAMS = frozenset(
         "secret",
         "client_secret",
         "password",
+        "bearer",
+        "authorization",
     ]
 )
 
 
 def _is_secret_param(name: str) -> bool:
-    """Credential query parameters, whatever their case or separator: `API_KEY`, `apiKey`, `access-token`."""
-    return name.lower().replace("-", "_") in _SECRET_PARAMS
+    """Credential query parameters, whatever their case, separator or padding: `API_KEY`, `apiKey`, `access-token`."""
+    return name.strip().strip("\0").lower().replace("-", "_") in _SECRET_PARAMS
 
 
 def public_url(url: str) -> str:
     """`url` without user and password, credential query parameters or a default port (requests keeps `:443`,
     httpx drops it): fit to hash, store and print, and alike whichever transport sent it."""
-    if "?" not in url and "@" not in url and url.count(":") == 1:  # the usual LLM endpoint, at no cost
+    if "?" not in url and "@" not in url and "#" not in url and url.count(":") == 1:  # the usual case, at no cost
         return url
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     if parts.port is not None and (parts.scheme, parts.port) not in (("https", 443), ("http", 80)):
         netloc += f":{parts.port}"
-    params = [
-        (name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if not _is_secret_param(name)
-    ]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(params, quote_via=quote), parts.fragment))
+    query = parts.query.replace(";", "&")  # some servers split on both
+    params = [(name, value) for name, value in parse_qsl(query, keep_blank_values=True) if not _is_secret_param(name)]
+    return urlunsplit(
+        (parts.scheme, netloc, parts.path, urlencode(params, quote_via=quote), "")
+    )  # no fragment: never sent
 
 
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
@@ -245,8 +253,15 @@ def _digest(head: str, body: bytes) -> str:
     return digest.hexdigest()[:KEY_CHARS]
 
 
+_KEYED_HEADERS = ("anthropic-beta", "openai-beta")  # they change the answer; other headers stay out of the key
+
+
 def _head(call: Call, url: str) -> str:
-    return f"{call.method}\n{url}\n{int(call.stream)}\n"
+    head = f"{call.method}\n{url}\n{int(call.stream)}\n"
+    for name in _KEYED_HEADERS:
+        if name in call.headers:
+            head += f"{name}: {call.headers[name]}\n"
+    return head
 
 
 def _raw_digest(call: Call, url: str) -> str:
@@ -279,7 +294,10 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
 
 # ------------------------------------------------------------------ why a request missed, what it cost
 _FINGERPRINT_BITS = 960  # 160 characters of base64: a 50-message chat's ~110 fields miss a change ~1.5% of the time
-_FINGERPRINT_DEPTH = 4  # `tools[0].function.description` is a field; anything deeper is hashed into its parent
+_FINGERPRINT_DEPTH = 4
+_FINGERPRINT_FORM = re.compile(
+    r"\d+:[A-Za-z0-9+/]{160}"
+)  # `tools[0].function.description` is a field; anything deeper is hashed into its parent
 
 
 def _fields(document: Any, path: str = "", depth: int = 0, into: list | None = None) -> list[tuple[str, bytes]]:
@@ -423,8 +441,8 @@ def _head_of(line: bytes) -> _Head | None:
     if len(line) < 3:  # a blank line, fast: files can hold millions
         return None
     entry = _parse_json(line)
-    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or not _KEY_FORM.fullmatch(entry["key"]):
+        return None  # another program's JSON lines: `{"key": "user1", ...}` is no entry of cachy's
     key = entry["key"]
     raw, version, n = entry.get("raw"), entry.get("v", 1), entry.get("n", 1)
     if not (isinstance(version, int) and isinstance(n, int) and n >= 1 and (raw is None or isinstance(raw, str))):
@@ -457,8 +475,9 @@ def _entry_of(data: Any) -> Entry | None:
         body = base64.b64decode(response, validate=True) if data.get("binary") else response.encode()
     except binascii.Error:
         return None
+    headers = {name: value for name, value in headers.items() if name.lower() not in _NEVER_STORED}  # hand-edited
     seconds, usage = data.get("seconds", 0.0), data.get("usage", {})
-    if not isinstance(seconds, (int, float)) or not isinstance(usage, dict):
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or not isinstance(usage, dict):
         seconds, usage = 0.0, {}
     return Entry(status, headers, body, float(seconds), {k: v for k, v in usage.items() if type(v) is int})
 
@@ -498,7 +517,8 @@ else:
 
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _BOM = b"\xef\xbb\xbf"
-_ORIGINAL_KEY = re.compile(r"[0-9a-f]{8}")
+_ORIGINAL_KEY = re.compile(r"[0-9a-f]{8}")  # the original cachy's keys
+_KEY_FORM = re.compile(r"[0-9a-f]{16}|[0-9a-f]{8}")
 
 
 def _read_line(fd: int, offset: int) -> bytes:
@@ -600,8 +620,15 @@ class Store:
             return self._raw.get(raw)
 
     def locate(self, slot: str) -> int | None:
-        """The offset of the line for `slot`, if it is indexed."""
-        return self._index.get(slot)
+        """The offset of the line for `slot`. Before calling it a miss, a look at the path: a file replaced
+        since (a git checkout or pull, a compaction elsewhere) or deleted is read again."""
+        with self._mutex:
+            offset = self._index.get(slot)
+            if offset is None and self._path_identity()[:2] != self._identity[:2]:
+                self._close()
+                self._sync()
+                offset = self._index.get(slot)
+            return offset
 
     def read(self, slot: str, offset: int) -> Entry | None:
         """The entry at `offset`, once its line is confirmed to be `slot`'s. A line that is not (the file was
@@ -669,7 +696,7 @@ class Store:
         if self._reader is None or stat.st_ino != self._identity[0] or stat.st_size < self._end:
             self._close()
             self._reader = os.open(self.path, os.O_RDONLY | _O_BINARY)
-        with self._locked_file():  # writers hold it: no half-written line is mistaken for damage
+        with _FileLock(self):  # writers hold it: no half-written line is mistaken for damage
             self._read_tail()
 
     def _read_tail(self) -> None:
@@ -719,18 +746,14 @@ class Store:
             )
 
     # ------------------------------------------------------------------------------ writes
-    def _locked_file(self) -> _FileLock:
-        """The cross-process lock, on the file itself; see the class docstring."""
-        return _FileLock(self)
-
-    def append(self, slot: str, raw: str, line: bytes) -> None:
+    def append(self, key: str, n: int, raw: str, line: bytes) -> None:
         """Append one whole line in a single write, under the lock. On failure (read-only, disk full) the file
         is cut back to where it was, so no partial line stays, and the OSError is raised."""
         with self._mutex:
             if self._reader is None:  # the first entry of a new file
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | _O_BINARY, 0o666))
                 self._sync()
-            with self._locked_file():
+            with _FileLock(self):
                 if os.fstat(self._reader).st_size != self._identity[1]:
                     self._read_tail()  # other processes' lines first: ours is indexed after them
                 if self._writer is None:
@@ -743,8 +766,8 @@ class Store:
                 except OSError:
                     os.ftruncate(self._writer, size)
                     raise
-                self._index[slot] = size + len(line) - len(line.lstrip(b"\n"))
-                self._raw[raw] = slot.partition("#")[0]
+                self._index[_slot(key, n)] = size + len(line) - len(line.lstrip(b"\n"))
+                self._raw[raw] = key
                 self.versions[KEY_VERSION] += 1
                 self._end, self._lines = size + len(line), self._lines + line.count(b"\n")
                 self._identity = _identity(os.fstat(self._writer))
@@ -757,7 +780,7 @@ class Store:
                 return Rewrite(kept=0, duplicates=0, damaged=[])
             if self._reader is None:
                 self._reader = os.open(self.path, os.O_RDONLY | _O_BINARY)
-            with self._locked_file():
+            with _FileLock(self):
                 latest, damaged, text_lines, stale, count = {}, [], 0, 0, 0
                 for number, line, head in _scan(self._reader):
                     if head is None:
@@ -790,10 +813,12 @@ class Store:
 
 
 def _scan(fd: int) -> Iterator[tuple[int, bytes, _Head | None]]:
-    """(line number, line, head or None if damaged) for every line, the first without its BOM."""
+    """(line number, line, head or None if damaged) for every line, the first without its BOM, each checked
+    whole: a line whose start is intact but whose entry is not (a hand edit) is damaged too."""
     for number, line in enumerate(_lines(fd, 0), 1):
         text = line.removeprefix(_BOM) if number == 1 else line
-        yield number, text, (_head_of(text) if text.endswith(b"\n") else None)
+        head = _head_of(text) if text.endswith(b"\n") else None
+        yield number, text, (head if head and _entry_of(_parse_json(text)) else None)
 
 
 class _FileLock:
@@ -807,11 +832,11 @@ class _FileLock:
         store = self.store
         while True:
             _lock(store._reader)
-            if os.stat(store.path).st_ino == os.fstat(store._reader).st_ino:
+            if store._path_identity()[0] == os.fstat(store._reader).st_ino:
                 return
             _unlock(store._reader)
-            store._close()
-            store._reader = os.open(store.path, os.O_RDONLY | _O_BINARY)
+            store._close()  # replaced, or deleted: a new file is started
+            store._reader = os.open(store.path, os.O_RDONLY | os.O_CREAT | _O_BINARY, 0o666)
 
     def __exit__(self, *exc_info) -> None:
         _unlock(self.store._reader)
@@ -822,8 +847,7 @@ def scan_file(path: Path) -> Iterator[tuple[int, bytes, dict | None]]:
     fd = os.open(path, os.O_RDONLY | _O_BINARY)
     try:
         for number, line, head in _scan(fd):
-            data = _parse_json(line) if head else None
-            yield number, line, (data if _entry_of(data) else None)
+            yield number, line, (_parse_json(line) if head else None)
     finally:
         os.close(fd)
 
@@ -949,7 +973,13 @@ class StreamRecording:
     def finish(self) -> None:
         if not self.done:
             self.done = True
-            self._engine.save(self._miss, self._status, self.headers, b"".join(self._chunks))
+            body = b"".join(self._chunks)
+            if body.startswith(b"event: error") or b"\nevent: error" in body:  # anthropic's overloaded_error
+                self._engine.note(
+                    "passed", self._miss.call.method, self._miss.url, self._miss.slot, " (an error event)"
+                )
+            else:
+                self._engine.save(self._miss, self._status, self.headers, body)
 
     def abandon(self, reason: str) -> None:
         if not self.done:
@@ -1049,7 +1079,7 @@ class Engine:
         compared = [
             (_differences(miss.document, entry["shape"]), entry)
             for entry in recorded
-            if isinstance(entry.get("shape"), str)
+            if isinstance(entry.get("shape"), str) and _FINGERPRINT_FORM.fullmatch(entry["shape"])
         ]
         if not compared:
             return f"{len(recorded)} requests are recorded for this endpoint, none with a fingerprint to compare with"
@@ -1113,7 +1143,7 @@ class Engine:
         if miss.document is not None:
             fields["shape"] = _fingerprint(miss.document)
         try:
-            self.store.append(miss.slot, miss.raw, _entry_line(miss.key, miss.raw, miss.n, fields))
+            self.store.append(miss.key, miss.n, miss.raw, _entry_line(miss.key, miss.raw, miss.n, fields))
         except OSError as error:
             self.note("unrecorded", miss.call.method, miss.url, miss.slot, f" (not saved: {error})")
             _warn(f"cachy could not save the answer to {miss.call.method} {miss.url} in {self.store.path}: {error}")
@@ -1127,6 +1157,7 @@ _blocks: list[Engine] = []  # `cachy()` blocks open anywhere, in the order they 
 _context_blocks: contextvars.ContextVar[tuple[Engine, ...]] = contextvars.ContextVar("cachy_blocks", default=())
 _bypass = contextvars.ContextVar("cachy_bypass", default=0)  # how many `no_cachy()` blocks this context is in
 _sending = contextvars.ContextVar("cachy_sending", default=False)  # inside a live call that cachy handles
+_switch_lock = threading.RLock()  # turning cachy on and off, from any thread
 
 
 def _current_engine() -> Engine | None:
@@ -1164,8 +1195,9 @@ def sending() -> Iterator[None]:
 
 
 def _forget_after_fork() -> None:
-    global _stats_lock
+    global _stats_lock, _switch_lock
     _stats_lock = threading.Lock()
+    _switch_lock = threading.RLock()
     for store in _stores.values():
         store.forget_after_fork()
 
@@ -1417,16 +1449,19 @@ def enable_cachy(
     "record" (default), "replay" (a miss raises CachyMiss) or "refresh"; `CACHY_MODE` sets the default.
     `repeats=True` gives the n-th identical request the n-th recorded answer, for sampling."""
     global _enabled
-    _enabled = _engine(cache_dir, doms, hdrs, mode, debug, repeats)
-    _patch()
+    engine = _engine(cache_dir, doms, hdrs, mode, debug, repeats)
+    with _switch_lock:
+        _enabled = engine
+        _patch()
 
 
 def disable_cachy() -> None:
     """Turn cachy off, `cachy()` blocks included, and put the original `send` methods back; a no-op when off."""
     global _enabled
-    _enabled = None
-    _blocks.clear()
-    _unpatch()
+    with _switch_lock:
+        _enabled = None
+        _blocks.clear()
+        _unpatch()
 
 
 def cachy_stats() -> Stats:
@@ -1468,8 +1503,18 @@ def prune_cachy() -> Rewrite:
     return compact_cachy(engine.store.path, keep=used)
 
 
-def _scoped(function: Callable, switch: Callable[[], Any]) -> Callable:
-    """`function` run inside a fresh `with switch():`, awaited inside it when it is a coroutine function."""
+def _decorated(function: Callable, switch: Callable[[], Any]) -> Callable:
+    """`function` run inside a fresh `with switch():`: for a coroutine or generator function, while it runs,
+    not only while it is called."""
+    if inspect.isasyncgenfunction(function):
+
+        @functools.wraps(function)
+        async def run_async_generator(*args, **kwargs):
+            with switch():
+                async for item in function(*args, **kwargs):
+                    yield item
+
+        return run_async_generator
     if inspect.iscoroutinefunction(function):
 
         @functools.wraps(function)
@@ -1478,6 +1523,14 @@ def _scoped(function: Callable, switch: Callable[[], Any]) -> Callable:
                 return await function(*args, **kwargs)
 
         return run_async
+    if inspect.isgeneratorfunction(function):
+
+        @functools.wraps(function)
+        def run_generator(*args, **kwargs):
+            with switch():
+                return (yield from function(*args, **kwargs))
+
+        return run_generator
 
     @functools.wraps(function)
     def run(*args, **kwargs):
@@ -1497,24 +1550,33 @@ class cachy:  # noqa: N801 - reads as a statement: `with cachy():`
     @delegates(enable_cachy)
     def __init__(self, **enable_kwargs):
         self._kwargs = enable_kwargs
+        self._entered: list[Engine] = []  # this instance's open blocks, oldest first
 
     def __call__(self, function: Callable) -> Callable:
-        return _scoped(function, lambda: cachy(**self._kwargs))
+        return _decorated(function, lambda: cachy(**self._kwargs))
 
     def __enter__(self) -> Stats:
         engine = _engine(**self._kwargs)
-        _blocks.append(engine)
+        with _switch_lock:
+            self._entered.append(engine)
+            _blocks.append(engine)
+            _patch()
         _context_blocks.set((*_context_blocks.get(), engine))
-        _patch()
         return engine.stats
 
     def __exit__(self, *exc_info) -> None:
-        *outer, engine = _context_blocks.get()  # blocks nest within a thread or task: the last is this one
-        _context_blocks.set(tuple(outer))
-        if engine in _blocks:
-            _blocks.remove(engine)
-        if _current_engine() is None:
-            _unpatch()
+        """Close this context's newest block of this instance; one left from another thread or task, the
+        instance's newest."""
+        here = _context_blocks.get()
+        with _switch_lock:
+            mine = [engine for engine in here if engine in self._entered]
+            engine = mine[-1] if mine else self._entered[-1]
+            self._entered.remove(engine)
+            if engine in _blocks:
+                _blocks.remove(engine)
+            if _current_engine() is None:
+                _unpatch()
+        _context_blocks.set(tuple(block for block in here if block is not engine))
 
 
 class no_cachy:  # noqa: N801
@@ -1522,10 +1584,10 @@ class no_cachy:  # noqa: N801
     It holds for its own thread or task only; one instance may be entered again, nested or from several threads."""
 
     def __call__(self, function: Callable) -> Callable:
-        return _scoped(function, no_cachy)
+        return _decorated(function, no_cachy)
 
     def __enter__(self) -> None:
         _bypass.set(_bypass.get() + 1)
 
     def __exit__(self, *exc_info) -> None:
-        _bypass.set(_bypass.get() - 1)
+        _bypass.set(max(0, _bypass.get() - 1))  # a block left in another task must not bypass forever

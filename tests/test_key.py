@@ -232,9 +232,9 @@ NOISE = {
     ),
     "linux temp folder": ("open /tmp/tmpab12cd34/x.txt", "open /tmp/tmp9_zz8yq1/x.txt", "open /tmp/tmpab12cd34/y.txt"),
     "macos temp folder": (
-        "open /var/folders/xy/abc123/T/tmpq1w2e3/x",
-        "open /var/folders/k7/zz_99q/T/tmp00aa11/x",
-        "open /var/folders/xy/abc123/T/tmpq1w2e3/y",
+        "open /var/folders/xy/abc123/T/tmpq1w2e3r4/x",
+        "open /var/folders/k7/zz_99q/T/tmp00aa11bb/x",
+        "open /var/folders/xy/abc123/T/tmpq1w2e3r4/y",
     ),
 }
 
