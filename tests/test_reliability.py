@@ -1,0 +1,981 @@
+"""Reliability: cut-off streams, forks, a disk that refuses writes, damaged or oddly shaped lines, files that
+point elsewhere or change in place, secrets in URLs, overlapping blocks and the lock. Each test pins one defect."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextvars
+import datetime
+import errno
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+from helpers import Upstream, chunked, entries, json_reply
+
+from cachy import (
+    CachyMiss,
+    CachyWarning,
+    cachy,
+    cachy_stats,
+    compact_cachy,
+    disable_cachy,
+    enable_cachy,
+    no_cachy,
+    request_key,
+)
+from cachy.cli import main
+
+CHAT = "https://api.openai.com/v1/chat/completions"
+SSE = {"content-type": "text/event-stream"}
+EVENTS = [b"event: a\ndata: 1\n\n", b"event: b\ndata: 2\n\n", b"event: c\ndata: 3\n\n"]
+MESSAGES = [{"role": "user", "content": "hi"}]
+NOT_SAVED = r"(?i)not saved"  # what the warning about an entry that could not be written must say
+
+
+def ask(upstream: Upstream, question, url: str = CHAT) -> int:
+    """Send question `question`; the answer says which upstream call produced it."""
+    return upstream.client().post(url, json={"q": question}).json()["n"]
+
+
+def record(folder: Path, upstream: Upstream, questions) -> list[str]:
+    """Record `questions` into folder/cachy.jsonl and return its lines."""
+    enable_cachy(folder)
+    for question in questions:
+        ask(upstream, question)
+    disable_cachy()
+    return (folder / "cachy.jsonl").read_text().splitlines(keepends=True)
+
+
+def fresh_cache(folder: Path, content: str | bytes) -> Path:
+    """A folder this process has never loaded, whose cachy.jsonl holds `content`: as a new process would see it."""
+    folder.mkdir(parents=True)
+    data = content.encode() if isinstance(content, str) else content
+    (folder / "cachy.jsonl").write_bytes(data)
+    return folder
+
+
+def key_of(line: str) -> str:
+    return json.loads(line)["key"]
+
+
+def cachy_warnings(warned) -> list:
+    """The CachyWarnings among the warnings that `pytest.warns` caught."""
+    return [warning for warning in warned if issubclass(warning.category, CachyWarning)]
+
+
+def counts_are_zero() -> bool:
+    """What `cachy_stats()` says when cachy is off."""
+    stats = cachy_stats()
+    return (stats.hits, stats.recorded, stats.passed, stats.replay_misses) == (0, 0, 0, 0)
+
+
+# ------------------------------------------------------------------------- 1. cut-off streams
+def interrupted_once(module, interruption):
+    """A streamed upstream whose first answer is cut off after its first event by `interruption`; later answers
+    are whole. Returns the list of requests it saw, and the handler for MockTransport."""
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        first = len(calls) == 1
+        return module.Response(200, headers=SSE, stream=interruption(module) if first else chunked(module, EVENTS))
+
+    return calls, handler
+
+
+def keyboard_interrupt(module):
+    def events():
+        yield EVENTS[0]
+        raise KeyboardInterrupt  # as Ctrl-C striking while the caller waits for the next chunk
+
+    return chunked(module, events())
+
+
+def stalls(module, first: bytes = EVENTS[0]):
+    """A stream that sends `first`, then waits for an event that never comes."""
+
+    class Stalling(module.AsyncByteStream):
+        async def __aiter__(self):
+            yield first
+            await asyncio.Event().wait()
+            yield b"never sent"
+
+    return Stalling()
+
+
+@pytest.mark.parametrize("module", [httpx, httpx2])
+def test_a_stream_cut_off_by_keyboard_interrupt_records_nothing_and_goes_live_next_time(cache_dir, module):
+    calls, handler = interrupted_once(module, keyboard_interrupt)
+    client = module.Client(transport=module.MockTransport(handler))
+    received = []
+    with pytest.raises(KeyboardInterrupt), client.stream("POST", CHAT, json={"stream": True}) as response:
+        for chunk in response.iter_bytes():
+            received.append(chunk)
+    assert received == EVENTS[:1]
+    assert entries(cache_dir) == []
+    with client.stream("POST", CHAT, json={"stream": True}) as response:
+        assert b"".join(response.iter_bytes()) == b"".join(EVENTS)
+    assert len(calls) == 2
+
+
+async def read_until_cut_off(client, how: str) -> list[bytes]:
+    """Read a stream in `client.stream`'s block, which closes the response, until `how` cuts it off."""
+    received, got_first = [], asyncio.Event()
+
+    async def read():
+        async with client.stream("POST", CHAT, json={"stream": True}) as response:
+            async for chunk in response.aiter_bytes():
+                received.append(chunk)
+                got_first.set()
+
+    if how == "asyncio.timeout":
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await read()
+    elif how == "asyncio.wait_for":
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(read(), 0.05)
+    else:
+        task = asyncio.create_task(read())
+        await got_first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    return received
+
+
+@pytest.mark.parametrize("how", ["asyncio.timeout", "asyncio.wait_for", "task.cancel"])
+@pytest.mark.parametrize("module", [httpx, httpx2])
+def test_an_async_stream_cut_off_by_cancellation_records_nothing_and_goes_live_next_time(cache_dir, module, how):
+    calls, handler = interrupted_once(module, stalls)
+
+    async def scenario():
+        async with module.AsyncClient(transport=module.MockTransport(handler)) as client:
+            assert await read_until_cut_off(client, how) == EVENTS[:1]
+            assert entries(cache_dir) == []
+            async with client.stream("POST", CHAT, json={"stream": True}) as response:
+                return b"".join([chunk async for chunk in response.aiter_bytes()])
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == b"".join(EVENTS)
+    assert len(calls) == 2
+
+
+def openai_events(text: str) -> list[bytes]:
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x"}
+    deltas = [{"content": text}, {}]
+    events = [{**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+    return [f"data: {json.dumps(event)}\n\n".encode() for event in events] + [b"data: [DONE]\n\n"]
+
+
+def test_an_openai_stream_cut_off_by_asyncio_timeout_records_nothing(cache_dir):
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        events = openai_events(f"streamed {len(calls)}")
+        stream = stalls(httpx2, events[0]) if len(calls) == 1 else chunked(httpx2, events)
+        return httpx2.Response(200, headers=SSE, stream=stream)
+
+    client = openai.AsyncOpenAI(api_key="k", http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
+
+    async def chat() -> list[str]:
+        deltas = []
+        async with await client.chat.completions.create(model="gpt-x", messages=MESSAGES, stream=True) as stream:
+            async for chunk in stream:
+                deltas.append(chunk.choices[0].delta.content or "")
+        return deltas
+
+    async def scenario():
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await chat()
+        assert entries(cache_dir) == []
+        return "".join(await chat())
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == "streamed 2"
+    assert len(calls) == 2
+
+
+# -------------------------------------------------------------------------------- 2. fork
+FORKS = """
+import os, select, signal, sys, threading
+import httpx
+from cachy import enable_cachy
+
+folder, forks = sys.argv[1], int(sys.argv[2])
+CHAT = "https://api.openai.com/v1/chat/completions"
+calls = []
+
+def upstream(request):
+    calls.append(request)
+    return httpx.Response(200, json={"n": len(calls), "pad": "x" * 20_000})  # lines longer than a read buffer
+
+enable_cachy(folder)
+client = httpx.Client(transport=httpx.MockTransport(upstream))
+for n in range(8):
+    client.post(CHAT, json={"q": n})
+stop = threading.Event()
+
+def hits():
+    while not stop.is_set():
+        for n in range(8):
+            client.post(CHAT, json={"q": n})
+
+threading.Thread(target=hits, daemon=True).start()
+for number in range(forks):
+    pid = os.fork()
+    if pid == 0:  # the child: a hit every tenth time, then leave at once
+        code = 0
+        try:
+            if number % 10 == 0:
+                code = 0 if client.post(CHAT, json={"q": 3}).json()["n"] == 4 and len(calls) == 8 else 3
+        except BaseException:
+            code = 4
+        os._exit(code)
+    pidfd = os.pidfd_open(pid)
+    exited = select.select([pidfd], [], [], 5)[0]
+    os.close(pidfd)
+    if not exited:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        sys.exit(f"child {number + 1} of {forks} hung after fork")
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code != 0:
+        sys.exit(f"child {number + 1} of {forks} exited with {code}")
+stop.set()
+print("forked", forks)
+"""
+
+
+def run_script(script: str, *args: str, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `script` in a child python in its own session; on timeout its whole process group is killed."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"the script did not finish within {timeout} s: {err[-2000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs os.fork and os.pidfd_open (Linux)")
+def test_forking_while_other_threads_hit_never_hangs_the_child(tmp_path):
+    """The at-fork hook that runs in the child must not wait for a lock that a parent thread held at fork time."""
+    result = run_script(FORKS, str(tmp_path), "200", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["forked", "200"]
+
+
+# ------------------------------------------------------------ 3. a cache that cannot be written
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+def refuse_writes(monkeypatch, folder: Path, failure: str) -> None:
+    """Make the disk refuse to write `folder`'s files, through the os calls, as a read-only or full disk would:
+    EROFS or EACCES on any open for writing in it, or ENOSPC on writes to its cachy.jsonl, optionally after
+    a first write that got only half of its bytes through."""
+    folder = os.path.realpath(folder)
+
+    def in_folder(path) -> bool:
+        return not isinstance(path, int) and os.path.dirname(os.path.realpath(os.fsdecode(path))) == folder
+
+    if failure in ("EROFS", "EACCES"):
+        code = getattr(errno, failure)
+        real_os_open, real_open = os.open, io.open
+
+        def os_open(path, flags, mode=0o777, *, dir_fd=None):
+            if flags & WRITE_FLAGS and dir_fd is None and in_folder(path):
+                raise OSError(code, os.strerror(code), os.fsdecode(path))
+            return real_os_open(path, flags, mode, dir_fd=dir_fd)
+
+        def open_(file, mode="r", *args, **kwargs):
+            if set(mode) & set("wax+") and in_folder(file):
+                raise OSError(code, os.strerror(code), os.fsdecode(file))
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(io, "open", open_)
+        return
+    cache_file = os.stat(os.path.join(folder, "cachy.jsonl"))
+    real_write, partial = os.write, []
+
+    def write(fd, data):
+        stat = os.fstat(fd)
+        if (stat.st_dev, stat.st_ino) != (cache_file.st_dev, cache_file.st_ino):
+            return real_write(fd, data)
+        if failure == "partial write then ENOSPC" and not partial:
+            partial.append(real_write(fd, bytes(data[: len(data) // 2])))
+            return partial[0]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", write)
+
+
+FAILURES = ["EROFS", "EACCES", "ENOSPC", "partial write then ENOSPC"]
+
+
+def call_sync(upstream):
+    return upstream.client().post(CHAT, json={"q": "new"}).content
+
+
+def call_async(upstream):
+    async def call():
+        async with upstream.async_client() as client:
+            return (await client.post(CHAT, json={"q": "new"})).content
+
+    return asyncio.run(call())
+
+
+def call_streamed(upstream):
+    with upstream.client().stream("POST", CHAT, json={"q": "new"}) as response:
+        return b"".join(response.iter_bytes())
+
+
+@pytest.mark.parametrize("call", [call_sync, call_async, call_streamed], ids=["sync", "async", "streamed"])
+@pytest.mark.parametrize("failure", FAILURES)
+def test_a_live_response_reaches_the_caller_whole_when_its_entry_cannot_be_written(
+    tmp_path, upstream, monkeypatch, failure, call
+):
+    folder = fresh_cache(tmp_path / "cache", "".join(record(tmp_path / "scratch", upstream, ["old"])))
+    before = (folder / "cachy.jsonl").read_bytes()
+    refuse_writes(monkeypatch, folder, failure)
+    enable_cachy(folder)
+    with pytest.warns(CachyWarning, match=NOT_SAVED):
+        body = call(upstream)
+    assert json.loads(body) == {"n": 2, "echo": '{"q":"new"}'}
+    assert upstream.calls == 2
+    assert (folder / "cachy.jsonl").read_bytes() == before  # nothing half-written stays behind
+
+
+ANTHROPIC_MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-x",
+    "content": [{"type": "text", "text": "claude 1"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 1, "output_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("failure", ["EROFS", "ENOSPC"])
+def test_an_anthropic_call_reaches_the_upstream_once_and_succeeds_when_its_entry_cannot_be_written(
+    tmp_path, monkeypatch, failure
+):
+    monkeypatch.setattr(anthropic._base_client.time, "sleep", lambda seconds: None)  # a retry would not wait
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return httpx2.Response(200, json=ANTHROPIC_MESSAGE)
+
+    folder = fresh_cache(tmp_path / "cache", b"")
+    refuse_writes(monkeypatch, folder, failure)
+    enable_cachy(folder)
+    client = anthropic.Anthropic(api_key="k", http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    with pytest.warns(CachyWarning, match=NOT_SAVED):
+        message = client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES)
+    assert message.content[0].text == "claude 1"
+    assert len(calls) == 1
+    assert (folder / "cachy.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize("mode", ["record", "replay"])
+@pytest.mark.parametrize("failure", ["EROFS", "EACCES"])
+def test_a_hit_needs_no_write_access_to_the_cache_folder(tmp_path, upstream, monkeypatch, failure, mode):
+    """A guard for the fixes of the lock: a read-only checkout still replays, without a warning."""
+    folder = fresh_cache(tmp_path / "cache", "".join(record(tmp_path / "scratch", upstream, [1])))
+    refuse_writes(monkeypatch, folder, failure)
+    enable_cachy(folder, mode=mode)
+    assert ask(upstream, 1) == 1
+    assert upstream.calls == 1
+
+
+# --------------------------------------------------------------------- 4. deeply nested JSON
+DEEP_LINES = {"arrays": "[" * 100_000, "objects": '{"key": ' * 100_000 + "1" + "}" * 100_000}
+
+
+@pytest.mark.parametrize("deep", DEEP_LINES)
+def test_a_deeply_nested_line_is_skipped_as_damaged_and_the_others_still_hit(tmp_path, upstream, deep):
+    lines = record(tmp_path / "scratch", upstream, [1, 2])
+    folder = fresh_cache(tmp_path / "cache", lines[0] + DEEP_LINES[deep] + "\n" + lines[1])
+    enable_cachy(folder)
+    with pytest.warns(CachyWarning, match="damaged") as warned:
+        assert [ask(upstream, 1), ask(upstream, 2)] == [1, 2]
+    assert len(cachy_warnings(warned)) == 1
+    assert upstream.calls == 2
+
+
+def test_an_entry_with_a_deeply_nested_value_is_damaged_and_goes_live(tmp_path, upstream):
+    lines = record(tmp_path / "scratch", upstream, [1, 2])
+    deep = lines[0].rstrip("\n")[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}\n"  # keeps its key
+    folder = fresh_cache(tmp_path / "cache", deep + lines[1])
+    enable_cachy(folder)
+    with pytest.warns(CachyWarning, match="damaged"):
+        assert ask(upstream, 1) == 3  # went live, and was recorded again
+    assert [ask(upstream, 1), ask(upstream, 2)] == [3, 2]
+
+
+def test_stats_and_compact_survive_a_deeply_nested_line(tmp_path, upstream, capsys):
+    lines = record(tmp_path / "scratch", upstream, [1, 2, 3])
+    deep = DEEP_LINES["arrays"] + "\n" + DEEP_LINES["objects"] + "\n"
+    folder = fresh_cache(tmp_path / "cache", lines[0] + deep + lines[1] + lines[2])
+    path = str(folder / "cachy.jsonl")
+    assert main(["stats", path]) == 0
+    assert "3 entries" in capsys.readouterr().out
+    assert main(["compact", path]) == 0
+    assert [entry["key"] for entry in entries(folder)] == sorted(key_of(line) for line in lines)
+
+
+# ----------------------------------------------------------------------- 5. wrong-shaped entries
+WRONG_SHAPES = {
+    "response is a number": lambda entry: entry.update(response=42),
+    "response is null": lambda entry: entry.update(response=None),
+    "response is an object": lambda entry: entry.update(response={"n": 1}),
+    "no status_code": lambda entry: entry.pop("status_code"),
+    "no headers": lambda entry: entry.pop("headers"),
+    "a header value that is not a string": lambda entry: entry["headers"].update({"x-count": 5}),
+    "binary with bad base64": lambda entry: entry.update(binary=True, response="this is not base64!"),
+    'status_code "200"': lambda entry: entry.update(status_code="200"),
+    "status_code 99": lambda entry: entry.update(status_code=99),
+    "status_code 600": lambda entry: entry.update(status_code=600),
+    "status_code true": lambda entry: entry.update(status_code=True),
+}
+
+
+def misshapen(line: str, case: str) -> str:
+    """`line` rewritten into the wrong shape `case`, keeping its key (first, as cachy writes it)."""
+    entry = json.loads(line)
+    WRONG_SHAPES[case](entry)
+    return json.dumps(entry, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("case", WRONG_SHAPES)
+def test_an_entry_of_the_wrong_shape_is_damaged_and_record_mode_goes_live(tmp_path, upstream, case):
+    lines = record(tmp_path / "scratch", upstream, [1, 2])
+    folder = fresh_cache(tmp_path / "cache", misshapen(lines[0], case) + lines[1])
+    enable_cachy(folder)
+    with pytest.warns(CachyWarning, match="damaged"):
+        assert ask(upstream, 1) == 3  # went live, and was recorded again
+    assert [ask(upstream, 1), ask(upstream, 2)] == [3, 2]
+    assert upstream.calls == 3
+
+
+@pytest.mark.parametrize("case", WRONG_SHAPES)
+def test_an_entry_of_the_wrong_shape_is_a_replay_miss(tmp_path, upstream, case):
+    lines = record(tmp_path / "scratch", upstream, [1, 2])
+    folder = fresh_cache(tmp_path / "cache", misshapen(lines[0], case) + lines[1])
+    enable_cachy(folder, mode="replay")
+    with pytest.warns(CachyWarning, match="damaged"), pytest.raises(CachyMiss):
+        ask(upstream, 1)
+    assert ask(upstream, 2) == 2
+    assert upstream.calls == 2
+
+
+@pytest.mark.parametrize("case", WRONG_SHAPES)
+def test_cachy_show_of_an_entry_of_the_wrong_shape_is_one_line_and_exit_code_1(tmp_path, upstream, capsys, case):
+    lines = record(tmp_path / "scratch", upstream, [1, 2])
+    folder = fresh_cache(tmp_path / "cache", misshapen(lines[0], case) + lines[1])
+    assert main(["show", key_of(lines[0]), "--file", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("cachy show: ") and "Traceback" not in err
+
+
+# ------------------------------------------------------------------- 6. writing outside the cache
+def test_a_cache_file_symlinked_outside_its_folder_is_refused(tmp_path, upstream):
+    lines = record(tmp_path / "scratch", upstream, [1, 2])
+    target = tmp_path / "elsewhere" / "notes.jsonl"
+    target.parent.mkdir()
+    target.write_text(lines[1] + lines[0] + lines[1])  # compaction would rewrite it
+    before = target.read_bytes()
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "cachy.jsonl").symlink_to(target)
+    with pytest.raises(ValueError, match="symlink"):
+        enable_cachy(folder)
+    with pytest.raises(ValueError, match="symlink"):
+        compact_cachy(folder)
+    with pytest.raises(ValueError, match="symlink"):
+        compact_cachy(folder / "cachy.jsonl")
+    assert target.read_bytes() == before
+
+
+def test_a_cache_file_symlinked_within_its_folder_is_followed(tmp_path, upstream):
+    """A guard for the fix above: a link to a file in the same folder is fine."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "cachy.v2.jsonl").write_text("")
+    (folder / "cachy.jsonl").symlink_to("cachy.v2.jsonl")
+    enable_cachy(folder)
+    assert [ask(upstream, 1), ask(upstream, 1)] == [1, 1]
+    assert len((folder / "cachy.v2.jsonl").read_text().splitlines()) == 1
+    assert compact_cachy(folder).kept == 1
+
+
+README = """# A project
+
+Some words about it, and how to use it:
+
+```python
+from cachy import enable_cachy
+enable_cachy()
+```
+
+More words.
+"""
+
+
+def test_compacting_a_file_that_is_mostly_not_cachy_entries_is_refused(tmp_path, upstream):
+    lines = record(tmp_path / "scratch", upstream, [1])
+    readme = tmp_path / "README.md"
+    readme.write_text(README + lines[0])  # one line that is an entry, among many that are not
+    before = readme.read_bytes()
+    with pytest.raises(ValueError):
+        compact_cachy(readme)
+    assert readme.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["README.md", "scratch"]
+
+
+def test_cachy_compact_of_a_readme_is_one_line_and_exit_code_1(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert main(["compact", str(readme)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("cachy compact: ")
+    assert readme.read_text() == README
+
+
+# ------------------------------------------------------------------------- 7. secrets in URLs
+USERINFO_URLS = [
+    "https://alice-SECRET:PASS-ONE-SECRET@api.openai.com/v1/chat/completions",
+    "https://bob-SECRET:PASS-TWO-SECRET@api.openai.com/v1/chat/completions",
+    "https://api.openai.com/v1/chat/completions",
+]
+
+
+def test_userinfo_in_a_url_never_enters_the_key():
+    keys = {request_key(httpx.Request("POST", url, json={"q": 1})) for url in USERINFO_URLS}
+    assert len(keys) == 1
+
+
+def test_userinfo_in_a_url_reaches_neither_the_file_nor_debug_output_nor_cachy_miss(tmp_path, upstream, capsys):
+    enable_cachy(tmp_path, debug=True)
+    assert ask(upstream, 1, url=USERINFO_URLS[0]) == 1
+    assert ask(upstream, 1, url=USERINFO_URLS[1]) == 1  # the password changed: still a hit
+    assert upstream.calls == 1
+    enable_cachy(tmp_path, mode="replay", debug=True)
+    with pytest.raises(CachyMiss) as miss:
+        ask(upstream, 2, url=USERINFO_URLS[0])
+    text = (tmp_path / "cachy.jsonl").read_text() + capsys.readouterr().err + str(miss.value)
+    assert "SECRET" not in text
+
+
+SECRET_PARAMS = [
+    "key",
+    "API_KEY",
+    "Key",
+    "apiKey",
+    "api-key",
+    "access_token",
+    "access-token",
+    "token",
+    "sig",
+    "signature",
+    "x-goog-api-key",
+    "X-Goog-Api-Key",
+    "secret",
+    "password",
+    "auth",
+]
+GEMINI = "https://generativelanguage.googleapis.com/v1beta/models/g:streamGenerateContent"
+
+
+@pytest.mark.parametrize("name", SECRET_PARAMS)
+def test_a_credential_query_parameter_is_removed_whatever_its_case(tmp_path, upstream, capsys, name):
+    one, two, three = (f"{GEMINI}?alt=sse&{name}=VALUE-{n}-SECRET" for n in ("ONE", "TWO", "THREE"))
+    keys = {request_key(httpx.Request("POST", url, json={"q": 1})) for url in (one, two, f"{GEMINI}?alt=sse")}
+    assert len(keys) == 1
+    enable_cachy(tmp_path, debug=True)
+    assert [ask(upstream, 1, url=one), ask(upstream, 1, url=two)] == [1, 1]  # a new value still hits
+    enable_cachy(tmp_path, mode="replay", debug=True)
+    with pytest.raises(CachyMiss) as miss:
+        ask(upstream, 2, url=three)
+    text = (tmp_path / "cachy.jsonl").read_text() + capsys.readouterr().err + str(miss.value)
+    assert "SECRET" not in text
+    assert entries(tmp_path)[0]["url"] == f"{GEMINI}?alt=sse"
+
+
+@pytest.mark.parametrize("name", ["alt", "model", "upload_id", "pageToken"])
+def test_a_query_parameter_that_is_no_credential_stays_and_changes_the_key(tmp_path, upstream, name):
+    """A guard for the fix above: Gemini's `alt=sse`, `upload_id` and `pageToken` are not secrets."""
+    first, second = f"{GEMINI}?{name}=a", f"{GEMINI}?{name}=b"
+    assert request_key(httpx.Request("POST", first)) != request_key(httpx.Request("POST", second))
+    enable_cachy(tmp_path)
+    assert [ask(upstream, 1, url=first), ask(upstream, 1, url=second)] == [1, 2]
+    assert [entry["url"] for entry in entries(tmp_path)] == [first, second]
+
+
+# ------------------------------------------------------------------ 8. overlapping cachy() blocks
+@pytest.mark.parametrize("before", ["off", "enabled"])
+def test_overlapping_cachy_blocks_in_two_tasks_each_answer_from_their_own_folder(tmp_path, upstream, before):
+    """The shorter block ends while the longer one is open; the longer one's request, made after that, is
+    answered from its own folder; after both, cachy is exactly as it was before them."""
+    record(tmp_path / "short", upstream, ["short"])  # answer 1
+    record(tmp_path / "long", upstream, ["long"])  # answer 2
+    record(tmp_path / "before", upstream, ["before"])  # answer 3
+    if before == "enabled":
+        enable_cachy(tmp_path / "before", mode="replay")
+
+    async def scenario():
+        short_entered, long_entered, short_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        async with upstream.async_client() as client:
+
+            async def post(question):
+                return (await client.post(CHAT, json={"q": question})).json()["n"]
+
+            @cachy(cache_dir=tmp_path / "short", mode="replay")
+            async def short():
+                answer = await post("short")
+                short_entered.set()
+                await long_entered.wait()
+                return answer
+
+            @cachy(cache_dir=tmp_path / "long", mode="replay")
+            async def long():
+                long_entered.set()
+                await short_done.wait()
+                return await post("long")
+
+            async def short_then_done():
+                answer = await short()
+                short_done.set()
+                return answer
+
+            short_task = asyncio.create_task(short_then_done())
+            await short_entered.wait()
+            return await asyncio.gather(short_task, long())
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == [1, 2]
+    assert upstream.calls == 3
+    if before == "off":
+        assert counts_are_zero()
+        assert ask(upstream, "long") == 4  # untouched: straight to the upstream
+        assert len(entries(tmp_path / "long")) == 1
+    else:
+        assert ask(upstream, "before") == 3
+        with pytest.raises(CachyMiss):
+            ask(upstream, "long")
+        stats = cachy_stats()
+        assert (stats.hits, stats.replay_misses) == (1, 1)
+
+
+def test_nested_cachy_blocks_that_end_out_of_order_restore_what_was_before(tmp_path, upstream):
+    record(tmp_path / "outer", upstream, ["outer"])  # answer 1
+    record(tmp_path / "inner", upstream, ["inner"])  # answer 2
+    outer, inner = (
+        cachy(cache_dir=tmp_path / "outer", mode="replay"),
+        cachy(cache_dir=tmp_path / "inner", mode="replay"),
+    )
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)  # the outer block ends first: the inner one still holds
+    assert ask(upstream, "inner") == 2
+    with pytest.raises(CachyMiss):
+        ask(upstream, "outer")
+    inner.__exit__(None, None, None)
+    assert counts_are_zero()
+    assert ask(upstream, "inner") == 3
+    assert upstream.calls == 3
+
+
+# --------------------------------------------------------------------------------- 9. the lock
+APPENDER = """
+import sys, httpx
+from cachy import enable_cachy
+folder, count = sys.argv[1], int(sys.argv[2])
+enable_cachy(folder)
+client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": 1})))
+for n in range(count):
+    client.post("https://api.openai.com/v1/chat/completions", json={"n": n})
+"""
+
+COMPACTOR = """
+import os, sys
+from cachy import compact_cachy
+folder, stop = sys.argv[1], sys.argv[2]
+compact_cachy(folder)
+print("compacting", flush=True)
+count = 0
+while not os.path.exists(stop):
+    compact_cachy(folder)
+    count += 1
+print(count, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_processes_with_different_tmpdirs_share_the_lock(tmp_path):
+    """One process appends while another, whose TMPDIR differs, compacts over and over: nothing is lost."""
+    folder, stop, count = tmp_path / "cache", tmp_path / "stop", 500
+    folder.mkdir()
+    env = {}
+    for name in ("a", "b"):
+        (tmp_path / f"tmp-{name}").mkdir()
+        env[name] = {**os.environ, "TMPDIR": str(tmp_path / f"tmp-{name}")}
+    compactor = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(COMPACTOR), str(folder), str(stop)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env["b"],
+    )
+    try:
+        assert compactor.stdout.readline() == "compacting\n"
+        appender = run_script(APPENDER, str(folder), str(count), timeout=120, env=env["a"])
+        assert appender.returncode == 0, appender.stderr[-2000:]
+    finally:
+        stop.touch()
+        compactor.wait(timeout=60)
+    assert compactor.returncode == 0
+    recorded = {entry["key"] for entry in entries(folder)}
+    expected = {request_key(httpx.Request("POST", CHAT, json={"n": n})) for n in range(count)}
+    assert len(expected - recorded) == 0, f"{len(expected - recorded)} of {count} appended entries were lost"
+
+
+def test_enabling_and_recording_create_nothing_in_the_temp_folder(tmp_path, upstream, monkeypatch):
+    """The lock must not live in a world-writable shared folder, nor depend on TMPDIR."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    enable_cachy(tmp_path / "cache")
+    assert [ask(upstream, 1), ask(upstream, 1)] == [1, 1]
+    compact_cachy(tmp_path / "cache")
+    assert os.listdir(temp) == []
+
+
+# ------------------------------------------------------------------------ 10. changed in place
+def rewrite_in_place(path: Path, content: str) -> None:
+    """Write `content` over the file at `path` without replacing it: the same inode, as an editor may do."""
+    inode = path.stat().st_ino
+    with open(path, "r+b") as file:
+        file.truncate(0)
+        file.write(content.encode())
+    assert path.stat().st_ino == inode
+
+
+@pytest.mark.parametrize("change", ["reordered", "a line inserted at the top"])
+def test_a_file_rewritten_in_place_still_hits_every_entry(tmp_path, change):
+    padded = Upstream(json_reply(lambda request, n: {"n": n, "pad": "x" * 1000}))  # past one read buffer
+    lines = record(tmp_path / "cache", padded, range(20))
+    other = record(tmp_path / "scratch", padded, ["other"])
+    enable_cachy(tmp_path / "cache")
+    assert ask(padded, 19) == 20  # the index is loaded
+    rewrite_in_place(
+        tmp_path / "cache" / "cachy.jsonl", "".join(lines[::-1] if change == "reordered" else other + lines)
+    )
+    assert [ask(padded, question) for question in range(20)] == list(range(1, 21))
+    assert padded.calls == 21
+
+
+def test_a_file_truncated_in_place_is_a_miss_never_a_stale_hit(tmp_path, upstream):
+    record(tmp_path, upstream, [1, 2, 3])
+    enable_cachy(tmp_path)
+    assert ask(upstream, 1) == 1
+    os.truncate(tmp_path / "cachy.jsonl", 0)
+    assert ask(upstream, 2) == 4
+    assert upstream.calls == 4
+
+
+def test_enabling_again_picks_up_an_edit_made_in_place(tmp_path, upstream):
+    lines = record(tmp_path, upstream, [1, 2])
+    enable_cachy(tmp_path)
+    assert ask(upstream, 1) == 1
+    edited = lines[0].replace('\\"n\\": 1,', '\\"n\\": 7,')  # the same length: every offset stays
+    assert edited != lines[0]
+    rewrite_in_place(tmp_path / "cachy.jsonl", edited + lines[1])
+    enable_cachy(tmp_path)
+    assert ask(upstream, 1) == 7
+    assert upstream.calls == 2
+
+
+# ---------------------------------------------------------------------------- 11. smaller ones
+def test_a_utf8_bom_at_the_start_of_the_file_does_not_hide_the_first_entry(tmp_path, upstream):
+    lines = record(tmp_path / "scratch", upstream, [1, 2])
+    folder = fresh_cache(tmp_path / "cache", "\ufeff" + "".join(lines))
+    enable_cachy(folder)
+    assert [ask(upstream, 1), ask(upstream, 2)] == [1, 2]
+    result = compact_cachy(folder)
+    assert (result.kept, result.damaged) == (2, [])
+    assert sorted(entry["key"] for entry in entries(folder)) == sorted(key_of(line) for line in lines)
+
+
+def test_a_host_with_a_trailing_dot_is_cached_like_the_host(cache_dir, upstream):
+    url = "https://api.openai.com./v1/chat/completions"
+    assert [ask(upstream, 1, url=url), ask(upstream, 1, url=url)] == [1, 1]
+    assert len(entries(cache_dir)) == 1
+
+
+def test_a_domain_with_a_port_is_refused_when_cachy_is_enabled(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("api.example.ai:8443")):
+        enable_cachy(tmp_path, doms=("api.example.ai:8443",))
+
+
+def test_a_cache_dir_whose_name_is_not_utf8_works(tmp_path, upstream):
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    enable_cachy(folder)
+    assert [ask(upstream, 1), ask(upstream, 1)] == [1, 1]
+    assert b"cachy.jsonl" in os.listdir(os.fsencode(folder))
+
+
+def test_one_no_cachy_instance_can_be_entered_nested_and_caching_resumes_after(cache_dir, upstream):
+    assert ask(upstream, 1) == 1
+    bypass = no_cachy()
+
+    def nested():
+        with bypass:
+            with bypass:
+                assert ask(upstream, 1) == 2
+            assert ask(upstream, 1) == 3  # still inside the outer block
+        assert ask(upstream, 1) == 1
+
+    contextvars.copy_context().run(nested)  # a block left open by a failure stays in this context, not the next test's
+
+
+def test_one_no_cachy_instance_can_be_entered_by_two_threads_at_once(cache_dir, upstream):
+    assert ask(upstream, 1) == 1
+    bypass = no_cachy()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    answers, errors = {}, []
+
+    def first():
+        try:
+            with bypass:
+                first_in.set()
+                second_in.wait(5)
+                answers["first inside"] = ask(upstream, 1)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            first_out.set()
+        answers["first after"] = ask(upstream, 1)
+
+    def second():
+        first_in.wait(5)
+        try:
+            with bypass:
+                second_in.set()
+                first_out.wait(5)  # the first thread leaves its block while this one is inside
+                answers["second inside"] = ask(upstream, 1)
+        except BaseException as error:
+            errors.append(error)
+        answers["second after"] = ask(upstream, 1)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert answers == {"first inside": 2, "second inside": 3, "first after": 1, "second after": 1}
+
+
+@pytest.mark.parametrize("module", [httpx, httpx2])
+def test_elapsed_of_a_streamed_miss_can_be_read_once_it_is_closed(cache_dir, module):
+    upstream = Upstream(lambda request, n: (200, SSE, list(EVENTS)))
+    client = upstream.client(module)
+    with client.stream("POST", CHAT, json={}) as response:
+        response.read()
+    assert isinstance(response.elapsed, datetime.timedelta)
+
+
+def test_stored_headers_are_sorted_whatever_order_hdrs_names_them_in(tmp_path):
+    names = [f"x-header-{letter}" for letter in "hcfadgbe"]  # all sort after content-type
+    headers = {"content-type": "application/json", **dict.fromkeys(names, "1")}
+    upstream = Upstream(lambda request, n: (200, headers, b"{}"))
+    for order, folder in ((names, "given"), (names[::-1], "reversed"), (sorted(names), "sorted")):
+        enable_cachy(tmp_path / folder, hdrs=order)
+        upstream.client().post(CHAT, json={})
+        stored = list(entries(tmp_path / folder)[0]["headers"])
+        assert stored == sorted(stored) and len(stored) == 9, order
+
+
+def test_many_blank_lines_load_quickly_and_give_one_short_warning(tmp_path, upstream):
+    lines = record(tmp_path / "scratch", upstream, [1])
+    folder = fresh_cache(tmp_path / "cache", "\n" * 200_000 + lines[0])
+    enable_cachy(folder)
+    start = time.perf_counter()
+    with pytest.warns(CachyWarning) as warned:
+        assert ask(upstream, 1) == 1
+    elapsed = time.perf_counter() - start
+    assert len(cachy_warnings(warned)) == 1
+    message = str(cachy_warnings(warned)[0].message)
+    assert len(message) < 300, message[:300]
+    numbers = {int(re.sub(r"[,_]", "", number)) for number in re.findall(r"\d+(?:[,_]\d{3})*", message)}
+    assert {1, 2, 3, 200_000} <= numbers, message
+    assert elapsed < 1.0
+
+
+def bytes_read() -> int:
+    with open("/proc/self/io") as io_counts:
+        return next(int(line.split()[1]) for line in io_counts if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts bytes read through /proc/self/io (Linux)")
+@pytest.mark.parametrize("tail", ["cut in the middle", "whole but without its newline"])
+def test_an_unfinished_last_line_is_not_read_again_at_every_miss(tmp_path, tail):
+    big = Upstream(json_reply(lambda request, n: {"n": n, "pad": "x" * 2_000_000}))
+    lines = record(tmp_path / "scratch", big, [1, 2])
+    last = lines[1][: len(lines[1]) // 2] if tail == "cut in the middle" else lines[1].rstrip("\n")
+    folder = fresh_cache(tmp_path / "cache", lines[0] + last)
+    enable_cachy(folder, mode="replay")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CachyWarning)  # whether this tail is reported is not the point here
+        with pytest.raises(CachyMiss):
+            ask(big, "first miss")  # loads the file
+    before = bytes_read()
+    for question in range(100, 120):
+        with pytest.raises(CachyMiss):
+            ask(big, question)
+    assert bytes_read() - before < 2_000_000  # not even one more read of the 2 MB last line
+
+
+@pytest.mark.parametrize("headers", [{}, None], ids=["headers {}", "headers null"])
+def test_a_file_written_by_the_original_cachy_is_named_in_one_warning(tmp_path, upstream, headers):
+    old = [
+        json.dumps({"key": key, "response": json.dumps({"answer": key}), "headers": headers, "status_code": 200})
+        for key in ("1a2b3c4d", "62816e25", "4a1c17f3")
+    ]
+    folder = fresh_cache(tmp_path / "cache", "\n".join(old) + "\n")
+    enable_cachy(folder)
+    with pytest.warns(CachyWarning, match=r"(?i)pycachy|original cachy") as warned:
+        assert ask(upstream, 1) == 1  # its entries cannot hit: the request went live
+    assert len(cachy_warnings(warned)) == 1
+    assert re.search(r"(?i)\bhit", str(cachy_warnings(warned)[0].message))
