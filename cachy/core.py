@@ -598,6 +598,7 @@ class Store:
         self._end = 0  # where the unread part starts: after the last whole line
         self._lines = 0  # whole lines read
         self.versions: Counter[int] = Counter()  # entries by the key version that wrote them
+        self._endpoints: dict[tuple[str, str], list[dict]] = {}  # what explains misses, read at the first
 
     def _close(self) -> None:
         for fd in (self._reader, self._writer):
@@ -660,19 +661,23 @@ class Store:
                 before += _read_at(self._reader, min(1 << 20, offset - start), start).count(b"\n")
             return before + 1
 
-    def entries_for(self, method: str, url: str) -> Iterator[dict]:
-        """Every entry recorded for `method` and `url` (last of each slot), read from the file: misses only."""
+    def entries_for(self, method: str, url: str) -> list[dict]:
+        """What the entries recorded for `method` and `url` tell of their requests (the last of each slot): read
+        from the file at a first miss to that endpoint, then kept until the file changes, as misses come in runs."""
         with self._mutex:
             if self._reader is None:
-                return
-            needle = b'"url": ' + _ENCODER.encode(url).encode()
-            lines = [line for line in _lines(self._reader, 0) if needle in line]
-        latest = {}
-        for line in lines:
-            data = _parse_json(line)
-            if isinstance(data, dict) and data.get("method") == method and isinstance(data.get("key"), str):
-                latest[_slot(data["key"], data.get("n", 1))] = data
-        yield from latest.values()
+                return []
+            if (method, url) not in self._endpoints:
+                needle = b'"url": ' + _ENCODER.encode(url).encode()
+                found = {}
+                for line in _lines(self._reader, 0):
+                    data = _parse_json(line) if needle in line else None
+                    if isinstance(data, dict) and data.get("method") == method and isinstance(data.get("key"), str):
+                        found[_slot(data["key"], data.get("n", 1))] = {
+                            name: data[name] for name in ("key", "v", "stream", "shape") if name in data
+                        }
+                self._endpoints[(method, url)] = list(found.values())
+            return self._endpoints[(method, url)]
 
     def refresh(self) -> None:
         """Notice a file changed in place (same size, other content), as `enable_cachy` does; the next
@@ -721,6 +726,8 @@ class Store:
                     raws[head.raw] = head.key
                 versions[head.version] += 1
             offset += len(line)
+        if number != self._lines:  # new entries: what explains misses is read again
+            self._endpoints.clear()
         self._end, self._lines = offset, number
         self._identity = _identity(os.fstat(self._reader))
         self._report(damaged, original)
@@ -768,6 +775,7 @@ class Store:
                     raise
                 self._index[_slot(key, n)] = size + len(line) - len(line.lstrip(b"\n"))
                 self._raw[raw] = key
+                self._endpoints.clear()
                 self.versions[KEY_VERSION] += 1
                 self._end, self._lines = size + len(line), self._lines + line.count(b"\n")
                 self._identity = _identity(os.fstat(self._writer))
@@ -962,6 +970,7 @@ class StreamRecording:
     def __init__(self, engine: Engine, miss: Miss, status: int, headers: dict[str, str]):
         self._engine = engine
         self._miss = miss
+        self.started = miss.started  # when the request went out
         self._status = status
         self.headers = headers
         self._chunks: list[bytes] = []
@@ -1146,7 +1155,9 @@ class Engine:
             self.store.append(miss.key, miss.n, miss.raw, _entry_line(miss.key, miss.raw, miss.n, fields))
         except OSError as error:
             self.note("unrecorded", miss.call.method, miss.url, miss.slot, f" (not saved: {error})")
-            _warn(f"cachy could not save the answer to {miss.call.method} {miss.url} in {self.store.path}: {error}")
+            _warn(
+                f"cachy passed on the answer to {miss.call.method} {miss.url} but it is not saved in {self.store.path}: {error}"
+            )
             return
         self.note("recorded", miss.call.method, miss.url, miss.slot, miss.why)
 
@@ -1308,8 +1319,12 @@ class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m
             self._pass_elapsed()
 
     def _pass_elapsed(self) -> None:
-        if self.outer is not None and hasattr(self._live, "_elapsed"):
-            self.outer.elapsed = self._live.elapsed
+        """The caller's response gets the live one's `elapsed`, or, where httpx2 keeps none, cachy's own count."""
+        if self.outer is not None:
+            try:
+                self.outer.elapsed = self._live.elapsed
+            except RuntimeError:
+                self.outer.elapsed = datetime.timedelta(seconds=time.perf_counter() - self._recording.started)
 
 
 def _answer(engine: Engine, miss: Miss, request: httpx.Request, live: httpx.Response) -> httpx.Response:
