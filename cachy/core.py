@@ -264,14 +264,14 @@ def _head(call: Call, url: str) -> str:
     return head
 
 
-def _raw_digest(call: Call, url: str) -> str:
-    """The digest of the exact bytes sent: a re-run sends the same bytes, and is found without parsing JSON."""
-    return _digest("raw\n" + _head(call, url), call.body)
-
-
-def _key(call: Call, url: str, body: bytes) -> str:
+def _key(head: str, body: bytes) -> str:
     """Method, public URL, stream flag and normalised body. Headers stay out, so a rotated API key still hits."""
-    return _digest(_head(call, url), body)
+    return _digest(head, body)
+
+
+def _raw_digest(head: str, call: Call) -> str:
+    """The digest of the exact bytes sent: a re-run sends the same bytes, and is found without parsing JSON."""
+    return _digest("raw\n" + head, call.body)
 
 
 def _compiled(projects: Iterable[Path]) -> list[tuple[re.Pattern, Any]]:
@@ -289,7 +289,7 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
     engine = _current_engine()
     rules = engine.rules if engine else _compiled([default_cache_dir()])
     call = _call_of(request, stream)
-    return _key(call, public_url(call.url), _normalised(call, rules)[0])
+    return _key(_head(call, public_url(call.url)), _normalised(call, rules)[0])
 
 
 # ------------------------------------------------------------------ why a request missed, what it cost
@@ -450,7 +450,7 @@ def _head_of(line: bytes) -> _Head | None:
     return _Head(key, raw, version, n)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Entry:
     """A recorded response, as a hit replays it."""
 
@@ -469,17 +469,23 @@ def _entry_of(data: Any) -> Entry | None:
     status, headers, response = data.get("status_code"), data.get("headers"), data.get("response")
     if type(status) is not int or not 100 <= status <= 599 or not isinstance(response, str):
         return None
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+    if not isinstance(headers, dict):
         return None
+    kept = {}
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            return None
+        if name.lower() not in _NEVER_STORED:  # a hand edit: a stale content-encoding would break every hit
+            kept[name] = value
     try:
         body = base64.b64decode(response, validate=True) if data.get("binary") else response.encode()
     except binascii.Error:
         return None
-    headers = {name: value for name, value in headers.items() if name.lower() not in _NEVER_STORED}  # hand-edited
-    seconds, usage = data.get("seconds", 0.0), data.get("usage", {})
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or not isinstance(usage, dict):
-        seconds, usage = 0.0, {}
-    return Entry(status, headers, body, float(seconds), {k: v for k, v in usage.items() if type(v) is int})
+    seconds, usage = data.get("seconds", 0.0), data.get("usage")
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        seconds = 0.0
+    usage = {k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {}
+    return Entry(status, kept, body, float(seconds), usage)
 
 
 # ---------------------------------------------------------------------------------------- store
@@ -1029,12 +1035,18 @@ class Engine:
         host = host.lower().rstrip(".")
         return host in self.doms or host.endswith(self._subdomains)
 
-    def note(self, outcome: str, method: str, url: str, slot: str = "-", detail: str = "") -> None:
-        """Count what happened to a request and, with debug, print it."""
+    def note(
+        self, outcome: str, method: str, url: str, slot: str = "-", detail: str = "", entry: Entry | None = None
+    ) -> None:
+        """Count what happened to a request, and what a hit's `entry` saved; with debug, print it."""
         with _stats_lock:
             setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
             if outcome in ("hits", "recorded"):
                 self.stats.used.add(slot)
+            if entry is not None:
+                self.stats.saved_seconds = round(self.stats.saved_seconds + entry.seconds, 3)  # no float noise
+                self.stats.saved_input_tokens += entry.usage.get("input", 0)
+                self.stats.saved_output_tokens += entry.usage.get("output", 0)
         if self.debug:
             print(f"cachy {_LABELS[outcome]:<12} {slot:<16} {method} {url}{detail}", file=sys.stderr)
 
@@ -1042,21 +1054,18 @@ class Engine:
         """The recorded response when there is one; otherwise a Miss to record the live one with.
         In replay mode a miss raises CachyMiss."""
         url = public_url(call.url)
-        raw = _raw_digest(call, url)
+        head = _head(call, url)
+        raw = _raw_digest(head, call)
         key = None if self.mode == "refresh" else self.store.key_of_raw(raw)
         document = None
         if key is None:  # not these exact bytes: the usual miss, or the same request written differently
             body, document = _normalised(call, self.rules)
-            key = _key(call, url, body)
+            key = _key(head, body)
         n = self._occurrence(key) if self.repeats else 1
         slot = _slot(key, n)
         offset = None if self.mode == "refresh" else self.store.locate(slot)
         if offset is not None and (entry := self.store.read(slot, offset)) is not None:
-            self.note("hits", call.method, url, slot)
-            with _stats_lock:
-                self.stats.saved_seconds = round(self.stats.saved_seconds + entry.seconds, 3)  # no float noise
-                self.stats.saved_input_tokens += entry.usage.get("input", 0)
-                self.stats.saved_output_tokens += entry.usage.get("output", 0)
+            self.note("hits", call.method, url, slot, entry=entry)
             return entry
         if document is None and call.body:  # a hit by these exact bytes whose entry turned out damaged
             document = _normalised(call, self.rules)[1]
@@ -1227,13 +1236,29 @@ def _call_of(request: httpx.Request, stream: bool) -> Call:
     return Call(request.method, str(request.url), request.content, request.headers, stream)
 
 
+@functools.cache
+def _takes_content(module: Any) -> bool:
+    """Whether a response given its bytes as `_content` reads as a read one, as in httpx 0.28 and httpx2 2.x.
+    That spares a hit what `read()` spends on decoders and chunkers for bytes already in hand (a tenth of a
+    mocked round trip); should httpx change inside, this check fails and hits call `read()`."""
+    response = module.Response(200, stream=module.ByteStream(b"probe"))
+    response._content = b"probe"
+    try:
+        return response.content == response.read() == b"".join(response.iter_bytes()) == b"probe"
+    except Exception:
+        return False
+
+
 def _replay(entry: Entry, request: httpx.Request) -> httpx.Response:
     """A read response built from `entry`: stored bytes exactly, no stale length or encoding headers."""
     module = _module_of(request)
     response = module.Response(
         entry.status, headers=entry.headers, stream=module.ByteStream(entry.body), request=request
     )
-    response.read()
+    if _takes_content(module):
+        response._content = entry.body
+    else:
+        response.read()
     response.elapsed = datetime.timedelta(0)  # as a live response has once read; some code logs it
     return response
 
