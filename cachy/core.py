@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -393,6 +393,7 @@ def _counts(report: dict) -> dict[str, int]:
 
 # -------------------------------------------------------------------------------- the line format
 _LINE_HEAD = re.compile(rb'\{"key": "([0-9a-f]{16})", "raw": "([0-9a-f]{16})", "v": (\d+), "n": (\d+), ')
+_USUAL_HEAD = b'", "v": %d, "n": 1, ' % KEY_VERSION  # at byte 52 of a line: its slot is its key
 _V1_LINE_HEAD = re.compile(rb'\{"key": "([0-9a-f]{16})", "method": ')  # as cachy wrote lines before key versions
 _ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)  # readable diffs; made once
 
@@ -541,17 +542,12 @@ def _read_line(fd: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
-def _lines(fd: int, offset: int) -> Iterator[bytes]:
-    """Every line from `offset` to the end, the last one possibly unfinished; read in large blocks."""
-    rest = b""
-    while block := _read_at(fd, 1 << 20, offset):
-        offset += len(block)
-        lines = (rest + block).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-    if rest:
-        yield rest
+def _lines(fd: int, offset: int) -> IO[bytes]:
+    """The lines from `offset` to the end, the last one possibly unfinished, for one `with` block. A buffered
+    reader over a copy of the descriptor: lines split in C load a large file fast, and no buffer outlives it."""
+    file = os.fdopen(os.dup(fd), "rb", buffering=1 << 20)
+    file.seek(offset)
+    return file
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int, int]:
@@ -599,8 +595,9 @@ class Store:
         self._reader: int | None = None  # the descriptor for reads, and the one that is locked
         self._writer: int | None = None  # an appending one, opened at the first append
         self._identity: tuple[int, int, int] = (0, 0, 0)  # inode, size, mtime when last read
-        self._index: dict[str, int] = {}  # slot (key, or key#n) -> offset of its line
-        self._raw: dict[str, str] = {}  # digest of the exact bytes sent -> key
+        # Both as bytes, as they stand in the lines: loading a large file then decodes nothing.
+        self._index: dict[bytes, int] = {}  # slot (key, or key#n) -> offset of its line
+        self._raw: dict[bytes, bytes] = {}  # digest of the exact bytes sent -> key
         self._end = 0  # where the unread part starts: after the last whole line
         self._lines = 0  # whole lines read
         self.versions: Counter[int] = Counter()  # entries by the key version that wrote them
@@ -624,17 +621,18 @@ class Store:
         with self._mutex:
             if self._reader is None or os.fstat(self._reader).st_size != self._identity[1]:
                 self._sync()
-            return self._raw.get(raw)
+            key = self._raw.get(raw.encode())
+            return None if key is None else key.decode()
 
     def locate(self, slot: str) -> int | None:
         """The offset of the line for `slot`. Before calling it a miss, a look at the path: a file replaced
         since (a git checkout or pull, a compaction elsewhere) or deleted is read again."""
         with self._mutex:
-            offset = self._index.get(slot)
+            offset = self._index.get(slot.encode())
             if offset is None and self._path_identity()[:2] != self._identity[:2]:
                 self._close()
                 self._sync()
-                offset = self._index.get(slot)
+                offset = self._index.get(slot.encode())
             return offset
 
     def read(self, slot: str, offset: int) -> Entry | None:
@@ -645,14 +643,14 @@ class Store:
             if not _holds(data, slot):  # edited in place, truncated, or damaged past its head: read afresh
                 self._close()
                 self._sync()
-                offset = self._index.get(slot)
+                offset = self._index.get(slot.encode())
                 if offset is None:
                     return None
                 data = self._line_at(offset)
         entry = _entry_of(data) if _holds(data, slot) else None
         if entry is None:
             with self._mutex:
-                self._index.pop(slot, None)
+                self._index.pop(slot.encode(), None)
             _warn(f"cachy skipped damaged line {self._line_number(offset)} of {self.path}")
         return entry
 
@@ -676,8 +674,10 @@ class Store:
             if (method, url) not in self._endpoints:
                 needle = b'"url": ' + _ENCODER.encode(url).encode()
                 found = {}
-                for line in _lines(self._reader, 0):
-                    data = _parse_json(line) if needle in line else None
+                with _lines(self._reader, 0) as lines:
+                    matching = [line for line in lines if needle in line]
+                for line in matching:
+                    data = _parse_json(line)
                     if isinstance(data, dict) and data.get("method") == method and isinstance(data.get("key"), str):
                         found[_slot(data["key"], data.get("n", 1))] = {
                             name: data[name] for name in ("key", "v", "stream", "shape") if name in data
@@ -713,25 +713,42 @@ class Store:
     def _read_tail(self) -> None:
         """Index the lines from `_end` on. An unfinished last line (a writer was killed) is left unread:
         it is read again only when the file grows, and the next append starts a fresh line."""
-        index, raws, versions = self._index, self._raw, self.versions  # locals: this loop loads the file
-        offset, number, damaged, original = self._end, self._lines, [], 0
-        for line in _lines(self._reader, offset):
-            if not line.endswith(b"\n"):
-                damaged.append(number + 1)
-                break
-            number += 1
-            start = 3 if offset == 0 and line.startswith(_BOM) else 0
-            head = _head_of(line[start:] if start else line)
-            if head is None:
-                damaged.append(number)
-            elif head.version == 1 and _ORIGINAL_KEY.fullmatch(head.key):
-                original += 1
-            else:
-                index[head.slot] = offset + start
-                if head.raw is not None:
-                    raws[head.raw] = head.key
-                versions[head.version] += 1
-            offset += len(line)
+        index, raws, line_head = self._index, self._raw, _LINE_HEAD.match  # locals: this loop loads the file
+        offset, number, damaged, original, versions = self._end, self._lines, [], 0, Counter()
+        usual = 0  # lines of this key version's first occurrences, counted apart: the loop stays tight
+        with _lines(self._reader, offset) as lines:
+            for line in lines:
+                number += 1
+                if line.startswith(_USUAL_HEAD, 52) and line.startswith(b'{"key": "') and line.endswith(b"}\n"):
+                    key = line[9:25]  # the usual line: sliced, not parsed
+                    index[key] = offset
+                    raws[line[36:52]] = key
+                    usual += 1
+                    offset += len(line)
+                    continue
+                start = 3 if offset == 0 and line.startswith(_BOM) else 0
+                match = line_head(line, start)
+                if match is not None and line.endswith(b"}\n"):  # the form cachy writes: no need to parse the rest
+                    key, raw, version, n = match.groups()
+                    index[key if n == b"1" else b"%s#%s" % (key, n)] = offset + start
+                    raws[raw] = key
+                    versions[int(version)] += 1
+                elif not line.endswith(b"\n"):  # a writer was killed mid-line; the next append starts afresh
+                    damaged.append(number)
+                    number -= 1
+                    break
+                elif (head := _head_of(line[start:])) is None:
+                    damaged.append(number)
+                elif head.version == 1 and _ORIGINAL_KEY.fullmatch(head.key):
+                    original += 1
+                else:
+                    index[head.slot.encode()] = offset + start
+                    if head.raw is not None:
+                        raws[head.raw.encode()] = head.key.encode()
+                    versions[head.version] += 1
+                offset += len(line)
+        versions[KEY_VERSION] += usual
+        self.versions.update(versions)
         if number != self._lines:  # new entries: what explains misses is read again
             self._endpoints.clear()
         self._end, self._lines = offset, number
@@ -779,8 +796,8 @@ class Store:
                 except OSError:
                     os.ftruncate(self._writer, size)
                     raise
-                self._index[_slot(key, n)] = size + len(line) - len(line.lstrip(b"\n"))
-                self._raw[raw] = key
+                self._index[_slot(key, n).encode()] = size + len(line) - len(line.lstrip(b"\n"))
+                self._raw[raw.encode()] = key.encode()
                 self._endpoints.clear()
                 self.versions[KEY_VERSION] += 1
                 self._end, self._lines = size + len(line), self._lines + line.count(b"\n")
@@ -829,10 +846,11 @@ class Store:
 def _scan(fd: int) -> Iterator[tuple[int, bytes, _Head | None]]:
     """(line number, line, head or None if damaged) for every line, the first without its BOM, each checked
     whole: a line whose start is intact but whose entry is not (a hand edit) is damaged too."""
-    for number, line in enumerate(_lines(fd, 0), 1):
-        text = line.removeprefix(_BOM) if number == 1 else line
-        head = _head_of(text) if text.endswith(b"\n") else None
-        yield number, text, (head if head and _entry_of(_parse_json(text)) else None)
+    with _lines(fd, 0) as lines:
+        for number, line in enumerate(lines, 1):
+            text = line.removeprefix(_BOM) if number == 1 else line
+            head = _head_of(text) if text.endswith(b"\n") else None
+            yield number, text, (head if head and _entry_of(_parse_json(text)) else None)
 
 
 class _FileLock:
