@@ -617,23 +617,22 @@ class Store:
 
     # ------------------------------------------------------------------------------ lookups
     def key_of_raw(self, raw: str) -> str | None:
-        """The key that the exact bytes `raw` were recorded under, after reading what other processes appended."""
+        """The key that the exact bytes `raw` were recorded under, after reading what other processes appended,
+        or the file now at the path: one that replaced ours (a git checkout, a compaction elsewhere) leaves ours
+        without links."""
         with self._mutex:
-            if self._reader is None or os.fstat(self._reader).st_size != self._identity[1]:
+            stat = os.fstat(self._reader) if self._reader is not None else None
+            if stat is None or stat.st_nlink == 0:
+                self._close()
+                self._sync()
+            elif stat.st_size != self._identity[1]:
                 self._sync()
             key = self._raw.get(raw.encode())
             return None if key is None else key.decode()
 
     def locate(self, slot: str) -> int | None:
-        """The offset of the line for `slot`. Before calling it a miss, a look at the path: a file replaced
-        since (a git checkout or pull, a compaction elsewhere) or deleted is read again."""
-        with self._mutex:
-            offset = self._index.get(slot.encode())
-            if offset is None and self._path_identity()[:2] != self._identity[:2]:
-                self._close()
-                self._sync()
-                offset = self._index.get(slot.encode())
-            return offset
+        """The offset of the line for `slot`, as `key_of_raw` has just brought the index up to date."""
+        return self._index.get(slot.encode())
 
     def read(self, slot: str, offset: int) -> Entry | None:
         """The entry at `offset`, once its line is confirmed to be `slot`'s. A line that is not (the file was
@@ -864,7 +863,7 @@ class _FileLock:
         store = self.store
         while True:
             _lock(store._reader)
-            if store._path_identity()[0] == os.fstat(store._reader).st_ino:
+            if os.fstat(store._reader).st_nlink > 0:
                 return
             _unlock(store._reader)
             store._close()  # replaced, or deleted: a new file is started
