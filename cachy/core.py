@@ -29,7 +29,7 @@ import traceback
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
@@ -1002,6 +1002,35 @@ class StreamRecording:
     def add(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
 
+    def relay(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Each live chunk, as it arrives, recorded; finished at the upstream's end, abandoned if anything
+        (a reset, a timeout, KeyboardInterrupt) breaks it off: what was read is then not the whole body."""
+        while not self.done:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                self.finish()
+                return
+            except BaseException:
+                self.abandon("the stream broke off")
+                raise
+            self.add(chunk)
+            yield chunk
+
+    async def arelay(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """`relay`, for an async upstream: cancellation and `asyncio.timeout` break it off too."""
+        while not self.done:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                self.finish()
+                return
+            except BaseException:
+                self.abandon("the stream broke off")
+                raise
+            self.add(chunk)
+            yield chunk
+
     def finish(self) -> None:
         if not self.done:
             self.done = True
@@ -1309,30 +1338,10 @@ class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m
         return self._aread()
 
     def _read(self) -> Iterator[bytes]:
-        while not self._recording.done:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                self._recording.finish()
-                return
-            except BaseException:  # a reset, a timeout, KeyboardInterrupt: what was read is not the whole body
-                self._recording.abandon("the stream broke off")
-                raise
-            self._recording.add(chunk)
-            yield chunk
+        return self._recording.relay(self._chunks)
 
-    async def _aread(self):
-        while not self._recording.done:
-            try:
-                chunk = await self._achunks.__anext__()
-            except StopAsyncIteration:
-                self._recording.finish()
-                return
-            except BaseException:  # cancellation and asyncio.timeout too
-                self._recording.abandon("the stream broke off")
-                raise
-            self._recording.add(chunk)
-            yield chunk
+    def _aread(self) -> AsyncIterator[bytes]:
+        return self._recording.arelay(self._achunks)
 
     def close(self) -> None:
         try:

@@ -73,17 +73,7 @@ class _LiveRaw:
         self._read_from = True
         if self._chunks is None:
             self._chunks = self._live.stream(amt, decode_content=True)  # the caller's answer has no content-encoding
-        while not self._recording.done:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                self._recording.finish()
-                return
-            except BaseException:  # a reset, a timeout, KeyboardInterrupt: what was read is not the whole body
-                self._recording.abandon("the stream broke off")
-                raise
-            self._recording.add(chunk)
-            yield chunk
+        return self._recording.relay(self._chunks)
 
     def read(self, amt: int | None = None, decode_content: bool | None = None, cache_content: bool = False) -> bytes:
         self._read_from = True
