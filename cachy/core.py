@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -207,6 +207,7 @@ def _is_secret_param(name: str) -> bool:
     return name.strip().strip("\0").lower().replace("-", "_") in _SECRET_PARAMS
 
 
+@functools.lru_cache(maxsize=1024)  # a program calls a few endpoints many times
 def public_url(url: str) -> str:
     """`url` without user and password, credential query parameters or a default port (requests keeps `:443`,
     httpx drops it): fit to hash, store and print, and alike whichever transport sent it."""
@@ -294,49 +295,90 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
 
 # ------------------------------------------------------------------ why a request missed, what it cost
 _FINGERPRINT_BITS = 960  # 160 characters of base64: a 50-message chat's ~110 fields miss a change ~1.5% of the time
-_FINGERPRINT_DEPTH = 4
-_FINGERPRINT_FORM = re.compile(
-    r"\d+:[A-Za-z0-9+/]{160}"
-)  # `tools[0].function.description` is a field; anything deeper is hashed into its parent
+_FINGERPRINT_DEPTH = 4  # `tools[0].function.description` is a field; anything deeper is hashed into its parent
+_FINGERPRINT_ENDS = (16, 48)  # a longer list is fingerprinted by its first 16 and last 48 elements
+_FINGERPRINT_FORM = re.compile(r"\d+:[A-Za-z0-9+/]{160}(?::[0-9a-f]{8}=\d+)*")
 
 
-def _fields(document: Any, path: str = "", depth: int = 0, into: list | None = None) -> list[tuple[str, bytes]]:
-    """(JSON path, value) of a request body's fields, down to a fixed depth: the names a miss explains itself by."""
-    into = [] if into is None else into
+def _path_id(path: str) -> str:
+    """A list's path as the fingerprint names it: hashed, as the fingerprint holds none of the request's words."""
+    return f"{zlib.crc32(path.encode()):08x}"
+
+
+def _indexes(length: int, recorded: int | None) -> Iterable[int]:
+    """The elements of a list that a fingerprint holds: all of a short list, the two ends of a long one, where
+    a chat changes (its system prompt, its latest turns). That keeps a long conversation's miss as cheap as a
+    short one's, and its Bloom filter from filling up. Compared against a recorded long list of `recorded`
+    elements: the elements its fingerprint holds, and any beyond its end."""
+    first, last = _FINGERPRINT_ENDS
+    window = length if recorded is None else recorded
+    if window <= first + last:  # recorded 0: a list that the fingerprint held whole, or did not have
+        return range(length)
+    held = [index for index in (*range(first), *range(window - last, window)) if index < length]
+    return held + list(range(window, length))
+
+
+class _Fields(list):
+    """(JSON path, value) pairs, and the lengths of the long lists held by their ends, by hashed path."""
+
+    def __init__(self):
+        super().__init__()
+        self.long_lists: dict[str, int] = {}
+
+
+def _fields(
+    document: Any, recorded: dict[str, int] | None = None, path: str = "", depth: int = 0, into: _Fields | None = None
+) -> _Fields:
+    """(JSON path, value) of a request body's fields, down to a fixed depth: the names a miss explains itself by.
+    To compare with a fingerprint, `recorded` holds its long lists' lengths: a list it lacks was held whole."""
+    into = _Fields() if into is None else into
     if depth < _FINGERPRINT_DEPTH and isinstance(document, dict) and document:
         for name, value in document.items():
-            _fields(value, f"{path}.{name}" if path else name, depth + 1, into)
+            _fields(value, recorded, f"{path}.{name}" if path else name, depth + 1, into)
     elif depth < _FINGERPRINT_DEPTH and isinstance(document, list) and document:
-        for index, value in enumerate(document):
-            _fields(value, f"{path}[{index}]", depth + 1, into)
+        path_id = _path_id(path)
+        if len(document) > sum(_FINGERPRINT_ENDS):
+            into.long_lists[path_id] = len(document)
+        for index in _indexes(len(document), None if recorded is None else recorded.get(path_id, 0)):
+            _fields(document[index], recorded, f"{path}[{index}]", depth + 1, into)
     else:
         value = document if isinstance(document, str) else _CANONICAL_JSON.encode(document)
         into.append((path or "(the body)", value.encode()))
     return into
 
 
-def _bits(path: str, value: bytes) -> tuple[int, ...]:
+def _bits(path: str, value: bytes) -> tuple[int, int, int, int]:
+    """The filter's four bits for one field, by double hashing."""
     first = zlib.crc32(value, zlib.crc32(path.encode()))
     step = zlib.crc32(value, first) | 1
-    return tuple((first + i * step) % _FINGERPRINT_BITS for i in range(4))
+    return (
+        first % _FINGERPRINT_BITS,
+        (first + step) % _FINGERPRINT_BITS,
+        (first + 2 * step) % _FINGERPRINT_BITS,
+        (first + 3 * step) % _FINGERPRINT_BITS,
+    )
 
 
 def _fingerprint(document: Any) -> str:
-    """A Bloom filter of the body's (path, value) pairs, and their count: enough to name the fields in which a
-    later request differs, in under 200 bytes, with neither the request's text nor any header."""
+    """A Bloom filter of the body's (path, value) pairs, their count, and the lengths of the lists held by
+    their ends: enough to name the fields in which a later request differs, in under 200 bytes for a chat
+    with one long list, with neither the request's text nor any header."""
     bits, fields = bytearray(_FINGERPRINT_BITS // 8), _fields(document)
     for path, value in fields:
         for bit in _bits(path, value):
             bits[bit >> 3] |= 1 << (bit & 7)
-    return f"{len(fields)}:{base64.b64encode(bits).decode()}"
+    lengths = "".join(f":{path_id}={length}" for path_id, length in fields.long_lists.items())
+    return f"{len(fields)}:{base64.b64encode(bits).decode()}{lengths}"
 
 
 def _differences(document: Any, fingerprint: str) -> tuple[list[str], int]:
     """The paths where `document` differs from the fingerprinted request, with a list element that is new
-    as a whole named once (`messages[3]`), and how many more fields the recorded request had."""
-    count, _, encoded = fingerprint.partition(":")
+    as a whole named once (`messages[3]`), and how many more fields the recorded request had. Only what
+    the fingerprint holds is compared, so a field that did not change is never named."""
+    count, encoded, *held = fingerprint.split(":")
     bits = base64.b64decode(encoded)
-    fields = _fields(document)
+    recorded = {path_id: int(length) for path_id, length in (item.split("=") for item in held)}
+    fields = _fields(document, recorded)
     differing = {path for path, value in fields if not all(bits[b >> 3] >> (b & 7) & 1 for b in _bits(path, value))}
     more = max(0, int(count) - len(fields))
     elements: dict[str, list[str]] = {}
@@ -524,6 +566,7 @@ else:
 
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _BOM = b"\xef\xbb\xbf"
+_CLOSE = ord("}")  # the last byte of an entry, before its newline
 _ORIGINAL_KEY = re.compile(r"[0-9a-f]{8}")  # the original cachy's keys
 _KEY_FORM = re.compile(r"[0-9a-f]{16}|[0-9a-f]{8}")
 
@@ -542,12 +585,36 @@ def _read_line(fd: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
-def _lines(fd: int, offset: int) -> IO[bytes]:
-    """The lines from `offset` to the end, the last one possibly unfinished, for one `with` block. A buffered
-    reader over a copy of the descriptor: lines split in C load a large file fast, and no buffer outlives it."""
-    file = os.fdopen(os.dup(fd), "rb", buffering=1 << 20)
-    file.seek(offset)
-    return file
+_BLOCK = 1 << 18  # what a load reads at once: large enough for few reads, small enough to stay in cache
+
+
+def _line_blocks(fd: int, offset: int) -> Iterator[tuple[int, bytes, int]]:
+    """The file from `offset` on as (offset of the block, block, end of its whole lines): the next block is
+    read from `end` on, so a line cut by a block's end is read whole with the next. An unfinished last line
+    comes alone, with an end of 0. Read with `pread` into fresh bytes, so no buffer outlives a load."""
+    size = _BLOCK
+    while block := _read_at(fd, size, offset):
+        end = block.rfind(b"\n") + 1
+        if end:
+            yield offset, block, end
+            offset, size = offset + end, _BLOCK
+        elif len(block) < size:  # the file ends in an unfinished line
+            yield offset, block, 0
+            return
+        else:  # a line longer than a block
+            size *= 2
+
+
+def _lines(fd: int, offset: int) -> Iterator[bytes]:
+    """The lines from `offset` to the end, newlines included, the last one possibly unfinished."""
+    for _, block, end in _line_blocks(fd, offset):
+        start = 0
+        while start < end:
+            stop = block.index(b"\n", start) + 1
+            yield block[start:stop]
+            start = stop
+        if end == 0:
+            yield block
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int, int]:
@@ -673,8 +740,7 @@ class Store:
             if (method, url) not in self._endpoints:
                 needle = b'"url": ' + _ENCODER.encode(url).encode()
                 found = {}
-                with _lines(self._reader, 0) as lines:
-                    matching = [line for line in lines if needle in line]
+                matching = [line for line in _lines(self._reader, 0) if needle in line]
                 for line in matching:
                     data = _parse_json(line)
                     if isinstance(data, dict) and data.get("method") == method and isinstance(data.get("key"), str):
@@ -712,47 +778,58 @@ class Store:
     def _read_tail(self) -> None:
         """Index the lines from `_end` on. An unfinished last line (a writer was killed) is left unread:
         it is read again only when the file grows, and the next append starts a fresh line."""
-        index, raws, line_head = self._index, self._raw, _LINE_HEAD.match  # locals: this loop loads the file
-        offset, number, damaged, original, versions = self._end, self._lines, [], 0, Counter()
+        index, raws = self._index, self._raw  # locals: this loop loads the file
+        number, damaged, original, versions = self._lines, [], 0, Counter()
         usual = 0  # lines of this key version's first occurrences, counted apart: the loop stays tight
-        with _lines(self._reader, offset) as lines:
-            for line in lines:
+        loaded = self._end  # where the lines indexed so far end
+        for offset, block, end in _line_blocks(self._reader, self._end):
+            start, find, starts = 0, block.find, block.startswith
+            while start < end:
+                stop = find(b"\n", start) + 1
                 number += 1
-                if line.startswith(_USUAL_HEAD, 52) and line.startswith(b'{"key": "') and line.endswith(b"}\n"):
-                    key = line[9:25]  # the usual line: sliced, not parsed
-                    index[key] = offset
-                    raws[line[36:52]] = key
+                if starts(_USUAL_HEAD, start + 52, stop) and starts(b'{"key": "', start) and block[stop - 2] == _CLOSE:
+                    key = block[start + 9 : start + 25]  # the usual line: key and raw digest sliced, the rest unread
+                    index[key] = offset + start
+                    raws[block[start + 36 : start + 52]] = key
                     usual += 1
-                    offset += len(line)
-                    continue
-                start = 3 if offset == 0 and line.startswith(_BOM) else 0
-                match = line_head(line, start)
-                if match is not None and line.endswith(b"}\n"):  # the form cachy writes: no need to parse the rest
-                    key, raw, version, n = match.groups()
-                    index[key if n == b"1" else b"%s#%s" % (key, n)] = offset + start
-                    raws[raw] = key
-                    versions[int(version)] += 1
-                elif not line.endswith(b"\n"):  # a writer was killed mid-line; the next append starts afresh
-                    damaged.append(number)
-                    number -= 1
-                    break
-                elif (head := _head_of(line[start:])) is None:
-                    damaged.append(number)
-                elif head.version == 1 and _ORIGINAL_KEY.fullmatch(head.key):
-                    original += 1
                 else:
-                    index[head.slot.encode()] = offset + start
-                    if head.raw is not None:
-                        raws[head.raw.encode()] = head.key.encode()
-                    versions[head.version] += 1
-                offset += len(line)
+                    kind = self._index_line(block[start:stop], offset + start, versions)
+                    if kind == "damaged":
+                        damaged.append(number)
+                    original += kind == "original"
+                start = stop
+            loaded = offset + end
+            if end == 0:  # a writer was killed mid-line; the next append starts afresh
+                damaged.append(number + 1)
         versions[KEY_VERSION] += usual
         self.versions.update(versions)
         if number != self._lines:  # new entries: what explains misses is read again
             self._endpoints.clear()
-        self._end, self._lines = offset, number
+        self._end, self._lines = loaded, number
         self._identity = _identity(os.fstat(self._reader))
         self._report(damaged, original)
+
+    def _index_line(self, line: bytes, offset: int, versions: Counter[int]) -> str:
+        """Index a line that is not of the usual form: another key version, an occurrence after the first, the
+        original's format, a BOM before the first line, or damage. Returns "indexed", "original" or "damaged"."""
+        start = len(_BOM) if offset == 0 and line.startswith(_BOM) else 0
+        match = _LINE_HEAD.match(line, start)
+        if match is not None and line.endswith(b"}\n"):  # the form cachy writes: no need to parse the rest
+            key, raw, version, n = match.groups()
+            self._index[key if n == b"1" else b"%s#%s" % (key, n)] = offset + start
+            self._raw[raw] = key
+            versions[int(version)] += 1
+            return "indexed"
+        head = _head_of(line[start:])
+        if head is None:
+            return "damaged"
+        if head.version == 1 and _ORIGINAL_KEY.fullmatch(head.key):
+            return "original"
+        self._index[head.slot.encode()] = offset + start
+        if head.raw is not None:
+            self._raw[head.raw.encode()] = head.key.encode()
+        versions[head.version] += 1
+        return "indexed"
 
     def _report(self, damaged: list[int], original: int) -> None:
         """One short warning per kind of trouble that a read found."""
@@ -845,11 +922,10 @@ class Store:
 def _scan(fd: int) -> Iterator[tuple[int, bytes, _Head | None]]:
     """(line number, line, head or None if damaged) for every line, the first without its BOM, each checked
     whole: a line whose start is intact but whose entry is not (a hand edit) is damaged too."""
-    with _lines(fd, 0) as lines:
-        for number, line in enumerate(lines, 1):
-            text = line.removeprefix(_BOM) if number == 1 else line
-            head = _head_of(text) if text.endswith(b"\n") else None
-            yield number, text, (head if head and _entry_of(_parse_json(text)) else None)
+    for number, line in enumerate(_lines(fd, 0), 1):
+        text = line.removeprefix(_BOM) if number == 1 else line
+        head = _head_of(text) if text.endswith(b"\n") else None
+        yield number, text, (head if head and _entry_of(_parse_json(text)) else None)
 
 
 class _FileLock:
@@ -1152,7 +1228,10 @@ class Engine:
         if not paths and not more:
             if bool(closest.get("stream")) != miss.call.stream:
                 return f"{where} has the same body, but {'this request streams and it did not' if miss.call.stream else 'it streamed and this request does not'}"
-            return f"{where} looks the same: it may differ deeper than its fingerprint sees, or be of key version {closest.get('v', 1)}"
+            return (
+                f"{where} looks the same: it may differ where its fingerprint does not look (deeper, or in the "
+                f"middle of a long list), or be of key version {closest.get('v', 1)}"
+            )
         differs = ", ".join(paths[:8]) + (f" and {len(paths) - 8} more" if len(paths) > 8 else "")
         extra = f"; it had {more} more fields" if more else ""
         return f"{where} differs in {differs or 'fields it lacks'}{extra}"

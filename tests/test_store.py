@@ -112,8 +112,12 @@ def damage_cases(lines: list[str]) -> dict[str, tuple[str, list[int]]]:
     }
 
 
+@pytest.mark.parametrize("block", [64, 500, core._BLOCK], ids=["lines longer than a block", "cut lines", "default"])
 @pytest.mark.parametrize("case", ["blank lines", "truncated last line", "conflict markers", "not entries"])
-def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_appends(tmp_path, upstream, case):
+def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_appends(
+    tmp_path, upstream, monkeypatch, case, block
+):
+    monkeypatch.setattr(core, "_BLOCK", block)  # the file is read in blocks: lines cut by their ends load alike
     lines = record(tmp_path, upstream, [1, 2, 3])
     content, numbers = damage_cases(lines)[case]
     (tmp_path / "cachy.jsonl").write_text(content)
@@ -131,6 +135,16 @@ def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_app
     enable_cachy(tmp_path)
     with pytest.warns(CachyWarning):
         assert ask(upstream, 4) == recorded_after_the_damage  # a new process reads it back
+
+
+@pytest.mark.parametrize("block", [64, 500, core._BLOCK])
+def test_a_file_of_many_lines_loads_whole_wherever_its_blocks_end(tmp_path, upstream, monkeypatch, block):
+    monkeypatch.setattr(core, "_BLOCK", block)
+    record(tmp_path, upstream, range(40))
+    fresh_process_state()
+    enable_cachy(tmp_path)
+    assert [ask(upstream, n) for n in range(40)] == list(range(1, 41))
+    assert upstream.calls == 40
 
 
 def test_a_line_damaged_behind_a_valid_start_is_a_miss_not_a_failure(tmp_path, upstream):
