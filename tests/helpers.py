@@ -17,6 +17,8 @@ import httpx2
 from packaging.requirements import Requirement
 
 CHAT = "https://api.openai.com/v1/chat/completions"
+JSON = {"content-type": "application/json"}
+SSE = {"content-type": "text/event-stream"}
 
 
 class Upstream:

@@ -31,7 +31,7 @@ EVENTS = [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"]
 FIXED = {"content-type": "application/json", "x-request-id": "req_1", "set-cookie": "session=s"}
 
 
-class Upstream(ThreadingHTTPServer):
+class Provider(ThreadingHTTPServer):
     """A provider on 127.0.0.1 that counts its calls. By path: `/events` streams EVENTS chunked (with `pace`, the
     second only once the client has the first), `/broken` drops the connection after two of them, `/gzip` answers
     gzip-encoded JSON, `/fixed` the same JSON every time, `/status/N` status N; OpenAI and Gemini paths answer
@@ -55,7 +55,7 @@ class Upstream(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: Upstream
+    server: Provider
 
     def do_GET(self):
         self.do_POST()
@@ -140,7 +140,7 @@ def gemini_answer(n: int) -> dict:
 @pytest.fixture
 def upstream(tmp_path):
     """The fake provider, with cachy enabled for its host."""
-    server = Upstream()
+    server = Provider()
     enable_cachy(tmp_path, doms=("127.0.0.1",))
     yield server
     server.shutdown()

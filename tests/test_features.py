@@ -15,16 +15,12 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import Upstream, entries
+from helpers import CHAT, JSON, SSE, Upstream, entries
 
 from cachy import CachyMiss, CachyWarning, cachy, cachy_stats, compact_cachy, core, disable_cachy, enable_cachy
 from cachy.cli import main
 
 pytest_plugins = ["pytester"]
-
-CHAT = "https://api.openai.com/v1/chat/completions"
-JSON = {"content-type": "application/json"}
-SSE = {"content-type": "text/event-stream"}
 
 
 def numbered(request, n):
@@ -87,6 +83,33 @@ def test_a_whole_new_list_element_is_named_once(tmp_path):
     with pytest.raises(CachyMiss) as miss:
         ask(Upstream(numbered).client(), request(messages=[*CONVERSATION, {"role": "assistant", "content": "6"}]))
     assert differing_fields(str(miss.value)) == {"messages[4]"}
+
+
+def test_a_long_conversation_is_fingerprinted_by_its_two_ends(tmp_path):
+    """A long chat changes at its ends (the system prompt, the latest turns); the middle goes unnamed, which
+    keeps the fingerprint under 200 bytes and a long chat's miss about as cheap as a short one's. Against a
+    shorter or longer chat, only what the fingerprint holds is compared: no unchanged message is named."""
+    chat = [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}"} for i in range(300)]
+    enable_cachy(tmp_path)
+    client = Upstream(numbered).client()
+    ask(client, request(messages=chat))
+    assert len(entries(tmp_path)[0]["shape"].encode()) <= 200
+    enable_cachy(tmp_path, mode="replay")
+
+    def why(messages: list[dict]) -> str:
+        with pytest.raises(CachyMiss) as miss:
+            ask(client, request(messages=messages))
+        return str(miss.value)
+
+    for changed in (3, 290):
+        edited = [*chat[:changed], {**chat[changed], "content": "edited"}, *chat[changed + 1 :]]
+        assert differing_fields(why(edited)) == {f"messages[{changed}].content"}
+    edited = [*chat[:150], {**chat[150], "content": "edited"}, *chat[151:]]
+    assert "looks the same: it may differ where its fingerprint does not look" in why(edited)
+    assert differing_fields(why([*chat, {"role": "user", "content": "more"}])) == {"messages[300]"}
+    shorter = why([*chat[:280], {"role": "user", "content": "edited"}])
+    assert differing_fields(shorter) == {"messages[280].content"}  # not messages[232] to [279]: they match
+    assert "it had 38 more fields" in shorter
 
 
 def test_a_miss_with_nothing_recorded_for_its_endpoint_says_so(tmp_path):

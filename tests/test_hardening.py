@@ -11,12 +11,10 @@ import threading
 
 import httpx
 import pytest
-from helpers import CHAT, Upstream, entries, json_reply
+from helpers import CHAT, SSE, Upstream, entries, json_reply
 
 from cachy import CachyMiss, cachy, cachy_stats, compact_cachy, core, disable_cachy, enable_cachy, no_cachy
 from cachy.cli import main
-
-SSE = {"content-type": "text/event-stream"}
 
 
 def numbered() -> Upstream:

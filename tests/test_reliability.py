@@ -27,7 +27,7 @@ import httpx
 import httpx2
 import openai
 import pytest
-from helpers import Upstream, chunked, entries, json_reply
+from helpers import CHAT, SSE, Upstream, chunked, entries, json_reply
 
 from cachy import (
     CachyMiss,
@@ -42,8 +42,6 @@ from cachy import (
 )
 from cachy.cli import main
 
-CHAT = "https://api.openai.com/v1/chat/completions"
-SSE = {"content-type": "text/event-stream"}
 EVENTS = [b"event: a\ndata: 1\n\n", b"event: b\ndata: 2\n\n", b"event: c\ndata: 3\n\n"]
 MESSAGES = [{"role": "user", "content": "hi"}]
 NOT_SAVED = r"(?i)not saved"  # what the warning about an entry that could not be written must say

@@ -16,7 +16,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import Server, Upstream, entries, http_module
+from helpers import JSON, SSE, Server, Upstream, entries, http_module
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 from litellm.llms.custom_httpx.http_handler import HTTPHandler
 
@@ -44,8 +44,6 @@ def sse(events: list[tuple[str | None, dict | str]]) -> list[bytes]:
 
 
 OPENAI_HTTPX, ANTHROPIC_HTTPX, GENAI_HTTPX = (http_module(sdk) for sdk in ("openai", "anthropic", "google-genai"))
-JSON = {"content-type": "application/json"}
-SSE = {"content-type": "text/event-stream"}
 
 
 # --------------------------------------------------------------------------------------- openai

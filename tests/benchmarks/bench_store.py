@@ -125,17 +125,29 @@ def cold_start(folder: str, hits: int) -> None:
     print(json.dumps({"first_request_s": first, "memory_growth_mb": rss_mb() - before}))
 
 
+def keyed_round_trip(http: httpx.Client, payload: dict, rules: list) -> None:
+    """A plain round trip, then the key of its request computed as a miss computes it (the rules, the JSON
+    parsed and written again with sorted keys, the digest): the least any miss costs, before it records."""
+    from cachy import core
+
+    request = http.post(URL, json=payload).request
+    call = core.Call(request.method, str(request.url), request.content, request.headers, False)
+    core._key(core._head(call, core.public_url(call.url)), core._normalised(call, rules)[0])
+
+
 def by_request_size(http: httpx.Client, kilobytes: list[int], samples: int) -> None:
-    """Hit and miss cost as the request body grows, on a cache of 1,000 entries of that size."""
+    """Hit and miss cost as the request body grows, on a cache of 1,000 entries of that size; and the floor
+    under a miss: a plain round trip plus the computing of its key."""
     print(f"\n{samples} calls of each kind per request size, on a cache of 1,000 such entries")
-    print("| request body | plain round trip | hit | hit / plain | miss (record) | miss / plain |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| request body | plain round trip | hit | hit / plain | miss (record) | miss / plain | key only / plain |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for size in kilobytes:
         folder, history = Path(tempfile.mkdtemp(prefix="cachy-bench-")), conversation(size)
         enable_cachy(folder)
         for n in range(1000):
             http.post(URL, json=question(n, history))
         body = len(json.dumps(question(0, history)).encode()) / 1024
+        rules = cachy.core._current_engine().rules
         figures = interleaved(
             {
                 "plain": (disable_cachy, lambda n, h=history: http.post(URL, json=question(n % 1000, h)), samples),
@@ -149,12 +161,19 @@ def by_request_size(http: httpx.Client, kilobytes: list[int], samples: int) -> N
                     lambda n, h=history: http.post(URL, json=question(10**6 + n, h)),
                     samples // 2,
                 ),
+                "key only": (
+                    disable_cachy,
+                    lambda n, h=history, r=rules: keyed_round_trip(http, question(n % 1000, h), r),
+                    samples,
+                ),
             }
         )
         disable_cachy()
         (plain, _), (hit, hit_ratio), (miss, miss_ratio) = figures["plain"], figures["hit"], figures["miss"]
+        floor = figures["key only"][1]
         print(
-            f"| {body:.0f} KB | {plain:.0f} us | {hit:.0f} us | {hit_ratio:.2f}x | {miss:.0f} us | {miss_ratio:.2f}x |"
+            f"| {body:.0f} KB | {plain:.0f} us | {hit:.0f} us | {hit_ratio:.2f}x | {miss:.0f} us | {miss_ratio:.2f}x "
+            f"| {floor:.2f}x |"
         )
 
 
