@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import contextvars
 import datetime
 import functools
@@ -859,8 +858,8 @@ class Store:
             if self._reader is None:  # the first entry of a new file
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | _O_BINARY, 0o666))
                 self._sync()
-            with _FileLock(self):
-                if os.fstat(self._reader).st_size != self._identity[1]:
+            with _FileLock(self) as locked:
+                if locked.st_size != self._identity[1]:
                     self._read_tail()  # other processes' lines first: ours is indexed after them
                 if self._writer is None:
                     self._writer = os.open(self.path, os.O_WRONLY | os.O_APPEND | _O_BINARY)
@@ -935,12 +934,14 @@ class _FileLock:
     def __init__(self, store: Store):
         self.store = store
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> os.stat_result:
+        """The locked file's status, as it stands under the lock."""
         store = self.store
         while True:
             _lock(store._reader)
-            if os.fstat(store._reader).st_nlink > 0:
-                return
+            stat = os.fstat(store._reader)
+            if stat.st_nlink > 0:
+                return stat
             _unlock(store._reader)
             store._close()  # replaced, or deleted: a new file is started
             store._reader = os.open(store.path, os.O_RDONLY | os.O_CREAT | _O_BINARY, 0o666)
@@ -1278,7 +1279,7 @@ class Engine:
         fields["response"] = text
         if binary:
             fields["binary"] = True
-        fields["recorded_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        fields["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())  # UTC, to the second
         fields["seconds"] = round(time.perf_counter() - miss.started, 3)
         usage = _usage(body)
         if usage:
@@ -1328,15 +1329,15 @@ def route(method: str, url: str, host: str) -> Engine | None:
     return engine
 
 
-@contextlib.contextmanager
-def sending() -> Iterator[None]:
+class sending:  # noqa: N801 - a context manager, used as `with sending():`
     """Marks a live call that cachy handles, so that a patched transport below it (litellm's httpx transport
-    calls aiohttp) passes it through instead of recording it twice."""
-    token = _sending.set(True)
-    try:
-        yield
-    finally:
-        _sending.reset(token)
+    calls aiohttp) passes it through instead of recording it twice. A class: every miss goes through it."""
+
+    def __enter__(self) -> None:
+        self._token = _sending.set(True)
+
+    def __exit__(self, *exc_info) -> None:
+        _sending.reset(self._token)
 
 
 def _forget_after_fork() -> None:
