@@ -32,8 +32,13 @@ def stats(path: str | None) -> None:
     """Entries, size, duplicates, damaged lines, key versions, when they were recorded, what a replay of them
     all saves, and where the bytes go, by host and endpoint."""
     file = _existing_cache_file(path)
-    keys, versions, damaged, endpoints = Counter(), Counter(), [], Counter()
-    size_by_endpoint, dates, saved = Counter(), [], Stats()
+    keys: Counter[str] = Counter()  # entries per key, to count duplicates
+    versions: Counter[int] = Counter()
+    damaged: list[int] = []
+    endpoints: Counter[str] = Counter()
+    size_by_endpoint: Counter[str] = Counter()
+    dates: list[str] = []
+    saved = Stats()  # what a replay of every entry saves
     for number, line, entry in scan_file(file):
         if entry is None:
             damaged.append(number)

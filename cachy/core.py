@@ -362,7 +362,8 @@ def _fingerprint(document: Any) -> str:
     """A Bloom filter of the body's (path, value) pairs, their count, and the lengths of the lists held by
     their ends: enough to name the fields in which a later request differs, in under 200 bytes for a chat
     with one long list, with neither the request's text nor any header."""
-    bits, fields = bytearray(_FINGERPRINT_BITS // 8), _fields(document)
+    bits = bytearray(_FINGERPRINT_BITS // 8)
+    fields = _fields(document)
     for path, value in fields:
         for bit in _bits(path, value):
             bits[bit >> 3] |= 1 << (bit & 7)
@@ -778,7 +779,10 @@ class Store:
         """Index the lines from `_end` on. An unfinished last line (a writer was killed) is left unread:
         it is read again only when the file grows, and the next append starts a fresh line."""
         index, raws = self._index, self._raw  # locals: this loop loads the file
-        number, damaged, original, versions = self._lines, [], 0, Counter()
+        number = self._lines  # of the last line read
+        damaged: list[int] = []
+        original = 0  # lines in the original's format
+        versions: Counter[int] = Counter()
         usual = 0  # lines of this key version's first occurrences, counted apart: the loop stays tight
         loaded = self._end  # where the lines indexed so far end
         for offset, block, end in _line_blocks(self._reader, self._end):
@@ -795,7 +799,8 @@ class Store:
                     kind = self._index_line(block[start:stop], offset + start, versions)
                     if kind == "damaged":
                         damaged.append(number)
-                    original += kind == "original"
+                    elif kind == "original":
+                        original += 1
                 start = stop
             loaded = offset + end
             if end == 0:  # a writer was killed mid-line; the next append starts afresh
@@ -887,7 +892,11 @@ class Store:
             if self._reader is None:
                 self._reader = os.open(self.path, os.O_RDONLY | _O_BINARY)
             with _FileLock(self):
-                latest, damaged, text_lines, stale, count = {}, [], 0, 0, 0
+                latest = {}  # the last line of each slot
+                damaged = []
+                text_lines = 0  # damaged lines that hold text: many of them, and this is no cache file
+                stale = 0
+                count = 0
                 for number, line, head in _scan(self._reader):
                     if head is None:
                         damaged.append(number)
@@ -1574,7 +1583,8 @@ def _engine(
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if folder.is_file():
         raise NotADirectoryError(f"cache_dir {folder} is a file: give the folder that holds (or will hold) cachy.jsonl")
-    hosts, headers = _hosts(doms), _names(hdrs, "hdrs")
+    hosts = _hosts(doms)
+    headers = _names(hdrs, "hdrs")
     folder.mkdir(parents=True, exist_ok=True)
     store = _store_for(folder / "cachy.jsonl")
     store.refresh()

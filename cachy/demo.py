@@ -99,11 +99,14 @@ def _calls(client: httpx.Client) -> None:
     """One call and one streamed call, twice each, with what cachy did and how long it took."""
     question = {"model": "demo", "messages": [{"role": "user", "content": "why cache LLM calls?"}]}
     for attempt in (1, 2):
-        hits, start = cachy_stats().hits, time.perf_counter()
+        hits = cachy_stats().hits
+        start = time.perf_counter()
         answer = client.post("/v1/chat/completions", json=question).json()["choices"][0]["message"]["content"]
         print(f"call {attempt}:   {_outcome(hits):<15} {_ms(time.perf_counter() - start)}  {answer!r}")
     for attempt in (1, 2):
-        hits, start, first = cachy_stats().hits, time.perf_counter(), None
+        hits = cachy_stats().hits
+        start = time.perf_counter()
+        first = None  # when the first chunk came
         with client.stream("POST", "/v1/chat/completions", json={**question, "stream": True}) as response:
             for _ in response.iter_bytes():
                 first = first or time.perf_counter() - start
