@@ -165,7 +165,7 @@ string or a function of the match. Only the key changes: the body sent and store
 before `enable_cachy`; at enable time cachy adds the project's folders (`<project>`) to the folders rule."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: each request makes one, and frozen dataclasses are slow to make
 class Call:
     """A request as every transport adapter hands it to the engine."""
 
