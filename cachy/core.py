@@ -295,60 +295,83 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
 # ------------------------------------------------------------------ why a request missed, what it cost
 _FINGERPRINT_BITS = 960  # 160 characters of base64: a 50-message chat's ~110 fields miss a change ~1.5% of the time
 _FINGERPRINT_DEPTH = 4  # `tools[0].function.description` is a field; anything deeper is hashed into its parent
-_FINGERPRINT_ENDS = (16, 48)  # a longer list is fingerprinted by its first 16 and last 48 elements
-_FINGERPRINT_FORM = re.compile(r"\d+:[A-Za-z0-9+/]{160}(?::[0-9a-f]{8}=\d+)*")
+_FINGERPRINT_ENDS = (16, 48)  # a list of more than 64 elements is held by its first 16 and last 48
+_FINGERPRINT_FORM = re.compile(r"\d+:[A-Za-z0-9+/]{160}:(?:[0-9a-f]{8}=\d+(?:,[0-9a-f]{8}=\d+)*)?")
+
+
+def _utf8(text: str) -> bytes:
+    """`text` as bytes to hash; a lone surrogate (valid JSON: `"\\udce9"`, from a file name) passes through."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _path_id(path: str) -> str:
     """A list's path as the fingerprint names it: hashed, as the fingerprint holds none of the request's words."""
-    return f"{zlib.crc32(path.encode()):08x}"
-
-
-def _indexes(length: int, recorded: int | None) -> Iterable[int]:
-    """The elements of a list that a fingerprint holds: all of a short list, the two ends of a long one, where
-    a chat changes (its system prompt, its latest turns). That keeps a long conversation's miss as cheap as a
-    short one's, and its Bloom filter from filling up. Compared against a recorded long list of `recorded`
-    elements: the elements its fingerprint holds, and any beyond its end."""
-    first, last = _FINGERPRINT_ENDS
-    window = length if recorded is None else recorded
-    if window <= first + last:  # recorded 0: a list that the fingerprint held whole, or did not have
-        return range(length)
-    held = [index for index in (*range(first), *range(window - last, window)) if index < length]
-    return held + list(range(window, length))
+    return f"{zlib.crc32(_utf8(path)):08x}"
 
 
 class _Fields(list):
-    """(JSON path, value) pairs, and the lengths of the long lists held by their ends, by hashed path."""
+    """(JSON path, value) pairs of a request body, and what its long lists were: when fingerprinting, their
+    lengths by hashed path; when comparing, the ranges of elements a fingerprint cannot hold (new, or gone),
+    and which of its long lists were found again."""
 
     def __init__(self):
         super().__init__()
         self.long_lists: dict[str, int] = {}
+        self.beyond: list[str] = []
+        self.found: set[str] = set()
 
 
 def _fields(
     document: Any, recorded: dict[str, int] | None = None, path: str = "", depth: int = 0, into: _Fields | None = None
 ) -> _Fields:
     """(JSON path, value) of a request body's fields, down to a fixed depth: the names a miss explains itself by.
-    To compare with a fingerprint, `recorded` holds its long lists' lengths: a list it lacks was held whole."""
+    To compare with a fingerprint, `recorded` holds the lengths of its long lists."""
     into = _Fields() if into is None else into
     if depth < _FINGERPRINT_DEPTH and isinstance(document, dict) and document:
         for name, value in document.items():
             _fields(value, recorded, f"{path}.{name}" if path else name, depth + 1, into)
-    elif depth < _FINGERPRINT_DEPTH and isinstance(document, list) and document:
-        path_id = _path_id(path)
-        if len(document) > sum(_FINGERPRINT_ENDS):
-            into.long_lists[path_id] = len(document)
-        for index in _indexes(len(document), None if recorded is None else recorded.get(path_id, 0)):
+    elif depth < _FINGERPRINT_DEPTH and isinstance(document, list) and document and not _of_values(document):
+        for index in _held_elements(document, recorded, path, into):
             _fields(document[index], recorded, f"{path}[{index}]", depth + 1, into)
     else:
         value = document if isinstance(document, str) else _CANONICAL_JSON.encode(document)
-        into.append((path or "(the body)", value.encode()))
+        into.append((path or "(the body)", _utf8(value)))
     return into
+
+
+def _of_values(items: list) -> bool:
+    """A long list of plain values (token ids, texts to embed) is one field: too many elements to name."""
+    return len(items) > sum(_FINGERPRINT_ENDS) and not isinstance(items[0], (dict, list))
+
+
+def _held_elements(items: list, recorded: dict[str, int] | None, path: str, into: _Fields) -> Iterable[int]:
+    """The elements of a list that a fingerprint holds: all of a short list; the two ends of a long one, where
+    a chat changes (its system prompt, its latest turns), which keeps a long chat's miss as cheap as a short
+    one's and its Bloom filter from filling up. Compared with a fingerprint, the elements it held; those past
+    the end of the recorded list are new, and named as a range without being hashed."""
+    first, last = _FINGERPRINT_ENDS
+    length, path_id = len(items), _path_id(path)
+    if recorded is None:  # fingerprinting
+        if length <= first + last:
+            return range(length)
+        into.long_lists[path_id] = length
+        return [*range(first), *range(length - last, length)]
+    held = recorded.get(path_id)
+    if held is None:  # held whole: a list of at most 64 elements, if the recorded request had one here
+        end, indexes = min(length, first + last), range(min(length, first + last))
+    else:
+        into.found.add(path_id)
+        end = min(length, held)
+        indexes = [index for index in (*range(first), *range(held - last, held)) if index < length]
+    for start, stop in ((end, length), (length, held or 0)):  # elements new here, and elements gone
+        if stop > start:
+            into.beyond.append(f"{path}[{start}]" if stop == start + 1 else f"{path}[{start}:{stop}]")
+    return indexes
 
 
 def _bits(path: str, value: bytes) -> tuple[int, int, int, int]:
     """The filter's four bits for one field, by double hashing."""
-    first = zlib.crc32(value, zlib.crc32(path.encode()))
+    first = zlib.crc32(value, zlib.crc32(_utf8(path)))
     step = zlib.crc32(value, first) | 1
     return (
         first % _FINGERPRINT_BITS,
@@ -360,27 +383,40 @@ def _bits(path: str, value: bytes) -> tuple[int, int, int, int]:
 
 def _fingerprint(document: Any) -> str:
     """A Bloom filter of the body's (path, value) pairs, their count, and the lengths of the lists held by
-    their ends: enough to name the fields in which a later request differs, in under 200 bytes for a chat
-    with one long list, with neither the request's text nor any header."""
+    their ends: enough to name the fields in which a later request differs, in under 200 bytes for a chat,
+    with neither the request's text nor any header."""
     bits = bytearray(_FINGERPRINT_BITS // 8)
     fields = _fields(document)
     for path, value in fields:
         for bit in _bits(path, value):
             bits[bit >> 3] |= 1 << (bit & 7)
-    lengths = "".join(f":{path_id}={length}" for path_id, length in fields.long_lists.items())
-    return f"{len(fields)}:{base64.b64encode(bits).decode()}{lengths}"
+    lengths = ",".join(f"{path_id}={length}" for path_id, length in fields.long_lists.items())
+    return f"{len(fields)}:{base64.b64encode(bits).decode()}:{lengths}"
 
 
-def _differences(document: Any, fingerprint: str) -> tuple[list[str], int]:
-    """The paths where `document` differs from the fingerprinted request, with a list element that is new
-    as a whole named once (`messages[3]`), and how many more fields the recorded request had. Only what
-    the fingerprint holds is compared, so a field that did not change is never named."""
-    count, encoded, *held = fingerprint.split(":")
+@dataclass
+class _Differences:
+    """Where a request differs from a fingerprinted one: JSON paths, a list element that is new as a whole
+    named once (`messages[3]`), a range of elements new or gone (`messages[100:300]`); and how many more
+    fields the recorded request had, when that can be told (`more_is_exact`), else at least how many."""
+
+    paths: list[str]
+    more: int
+    more_is_exact: bool
+
+    @property
+    def weight(self) -> int:
+        return len(self.paths) + self.more
+
+
+def _differences(document: Any, fingerprint: str) -> _Differences:
+    """Compare `document` with a fingerprint. Only what the fingerprint holds is compared, so a field that did
+    not change is never named; a changed one goes unnamed only when its hashes collide."""
+    count, encoded, lengths = fingerprint.split(":")
     bits = base64.b64decode(encoded)
-    recorded = {path_id: int(length) for path_id, length in (item.split("=") for item in held)}
+    recorded = {path_id: int(length) for path_id, length in (item.split("=") for item in lengths.split(",") if item)}
     fields = _fields(document, recorded)
     differing = {path for path, value in fields if not all(bits[b >> 3] >> (b & 7) & 1 for b in _bits(path, value))}
-    more = max(0, int(count) - len(fields))
     elements: dict[str, list[str]] = {}
     for path, _ in fields:
         elements.setdefault(re.sub(r"(\[\d+\]).*", r"\1", path), []).append(path)
@@ -388,7 +424,8 @@ def _differences(document: Any, fingerprint: str) -> tuple[list[str], int]:
     for element, paths in elements.items():
         inside = [path for path in paths if path in differing]
         named += [element] if len(inside) == len(paths) > 1 else inside
-    return named, more
+    more = 0 if fields.beyond else max(0, int(count) - len(fields))  # a range named says it better than a count
+    return _Differences(named + fields.beyond, more, more_is_exact=fields.found == set(recorded))
 
 
 def _usage(body: bytes) -> dict[str, int]:
@@ -667,6 +704,8 @@ class Store:
         self._raw: dict[bytes, bytes] = {}  # digest of the exact bytes sent -> key
         self._end = 0  # where the unread part starts: after the last whole line
         self._lines = 0  # whole lines read
+        self._open_line = False  # the last line read is a whole entry without its newline (a hand-saved file)
+        self._unfinished_at = -1  # where an unfinished last line starts, once reported: it is reported once
         self.versions: Counter[int] = Counter()  # entries by the key version that wrote them
         self._endpoints: dict[tuple[str, str], list[dict]] = {}  # what explains misses, read at the first
 
@@ -784,6 +823,9 @@ class Store:
         original = 0  # lines in the original's format
         versions: Counter[int] = Counter()
         usual = 0  # lines of this key version's first occurrences, counted apart: the loop stays tight
+        if self._open_line and _read_at(self._reader, 1, self._end) == b"\n":
+            self._end += 1  # another process's append ended our last line before its own
+            self._open_line = False
         loaded = self._end  # where the lines indexed so far end
         for offset, block, end in _line_blocks(self._reader, self._end):
             start, find, starts = 0, block.find, block.startswith
@@ -797,14 +839,24 @@ class Store:
                     usual += 1
                 else:
                     kind = self._index_line(block[start:stop], offset + start, versions)
-                    if kind == "damaged":
+                    if kind == "damaged" and offset + start != self._unfinished_at:
                         damaged.append(number)
                     elif kind == "original":
                         original += 1
                 start = stop
             loaded = offset + end
-            if end == 0:  # a writer was killed mid-line; the next append starts afresh
+            if end == 0 and isinstance(_parse_json(block), dict):  # whole, only without its newline
+                number += 1
+                kind = self._index_line(block + b"\n", offset, versions)
+                if kind == "damaged":
+                    damaged.append(number)
+                elif kind == "original":
+                    original += 1
+                loaded = offset + len(block)
+                self._open_line = True
+            elif end == 0 and offset != self._unfinished_at:  # a writer was killed mid-line
                 damaged.append(number + 1)
+                self._unfinished_at = offset  # the next append ends it with a newline: it is not reported again
         versions[KEY_VERSION] += usual
         self.versions.update(versions)
         if number != self._lines:  # new entries: what explains misses is read again
@@ -869,7 +921,7 @@ class Store:
                 if self._writer is None:
                     self._writer = os.open(self.path, os.O_WRONLY | os.O_APPEND | _O_BINARY)
                 size = self._identity[1]
-                if size > self._end:  # an unfinished last line (a writer was killed): start afresh
+                if size > self._end or self._open_line:  # an unfinished last line, or one without its newline
                     line = b"\n" + line
                 try:
                     _write_all(self._writer, line)
@@ -881,6 +933,7 @@ class Store:
                 self._endpoints.clear()
                 self.versions[KEY_VERSION] += 1
                 self._end, self._lines = size + len(line), self._lines + line.count(b"\n")
+                self._open_line = False
                 self._identity = _identity(os.fstat(self._writer))
 
     def rewrite(self, keep: set[str] | None = None, drop_stale: bool = False) -> Rewrite:
@@ -932,6 +985,8 @@ def _scan(fd: int) -> Iterator[tuple[int, bytes, _Head | None]]:
     whole: a line whose start is intact but whose entry is not (a hand edit) is damaged too."""
     for number, line in enumerate(_lines(fd, 0), 1):
         text = line.removeprefix(_BOM) if number == 1 else line
+        if not text.endswith(b"\n") and isinstance(_parse_json(text), dict):
+            text += b"\n"  # a last line that is whole but for its newline (cut short, it would not parse)
         head = _head_of(text) if text.endswith(b"\n") else None
         yield number, text, (head if head and _entry_of(_parse_json(text)) else None)
 
@@ -1233,7 +1288,8 @@ class Engine:
         ]
         if not compared:
             return f"{len(recorded)} requests are recorded for this endpoint, none with a fingerprint to compare with"
-        (paths, more), closest = min(compared, key=lambda pair: len(pair[0][0]) + pair[0][1])
+        differences, closest = min(compared, key=lambda pair: pair[0].weight)
+        paths, more = differences.paths, differences.more
         where = f"The closest recorded request (key {closest['key']})"
         if not paths and not more:
             if bool(closest.get("stream")) != miss.call.stream:
@@ -1243,7 +1299,7 @@ class Engine:
                 f"middle of a long list), or be of key version {closest.get('v', 1)}"
             )
         differs = ", ".join(paths[:8]) + (f" and {len(paths) - 8} more" if len(paths) > 8 else "")
-        extra = f"; it had {more} more fields" if more else ""
+        extra = f"; it had {'' if differences.more_is_exact else 'at least '}{more} more fields" if more else ""
         return f"{where} differs in {differs or 'fields it lacks'}{extra}"
 
     def _occurrence(self, key: str) -> int:

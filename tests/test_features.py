@@ -108,8 +108,7 @@ def test_a_long_conversation_is_fingerprinted_by_its_two_ends(tmp_path):
     assert "looks the same: it may differ where its fingerprint does not look" in why(edited)
     assert differing_fields(why([*chat, {"role": "user", "content": "more"}])) == {"messages[300]"}
     shorter = why([*chat[:280], {"role": "user", "content": "edited"}])
-    assert differing_fields(shorter) == {"messages[280].content"}  # not messages[232] to [279]: they match
-    assert "it had 38 more fields" in shorter
+    assert differing_fields(shorter) == {"messages[280].content", "messages[281:300]"}  # not [232] to [279]
 
 
 def test_a_miss_with_nothing_recorded_for_its_endpoint_says_so(tmp_path):

@@ -1,10 +1,6 @@
-"""Review of the block reader (`_line_blocks`, `Store._read_tail`) and of long-list fingerprints (`_fields`,
-`_indexes`, `_fingerprint`, `_differences`): each test here fails against the reviewed code, and its
-docstring says what is wrong and why it matters to a user. See the report for what was checked and found fine.
-
-Against the code before both changes (b726f73^), the "more fields" test passes (a regression of the windowing)
-and the token-array test fails on naming only (its 1010-byte fingerprint is new); the others fail there too:
-defects the changes kept, in the code they rewrote."""
+"""What an adversarial review of the block reader (`_line_blocks`, `Store._read_tail`) and of long-list
+fingerprints found: each test failed before its fix, and its docstring says what was wrong and why it
+matters to a user."""
 
 from __future__ import annotations
 
@@ -73,22 +69,19 @@ def test_a_replay_miss_of_a_body_with_an_escaped_lone_surrogate_is_a_cachy_miss(
         Upstream(numbered).client().post(CHAT, content=SURROGATE_BODY.encode(), headers=JSON)
 
 
-def test_how_many_more_fields_the_recorded_chat_had_counts_the_whole_chat_not_the_window(tmp_path):
-    """`_differences` returns "how many more fields the recorded request had", as `count - len(fields)`. Since
-    long lists are windowed, `count` is the number of fields the fingerprint *held* (64 messages) and
-    `len(fields)` the number compared, so the difference no longer counts the requests' fields whenever the
-    windows differ. A recorded 300-message chat against its first 100 messages (a history trimmed to fit a
-    context window) says "it had 96 more fields" where it had 400 more (200 messages of 2 fields). Before the
-    windowing the count was right. It can even claim more fields when there were none: against a
-    200-message chat whose messages carry a third field, it says "it had 80 more fields" although both
-    requests have 601. Suggested fix: record the whole request's field count (counted past the window
-    without hashing), or report the length difference of each long list that the fingerprint names."""
+def test_a_long_list_of_another_length_is_named_as_a_range_not_miscounted(tmp_path):
+    """A fingerprint holds a long list by its ends, so the fields it counted are not the request's: a recorded
+    300-message chat against its first 100 messages (a history trimmed to fit a context window) said "it had
+    96 more fields" where it had 400 more. The explanation now names the messages that are gone as a range,
+    and claims no count it cannot know."""
     client = Upstream(numbered).client()
     enable_cachy(tmp_path)
     ask(client, {"model": "m", "messages": chat(300)})
     enable_cachy(tmp_path, mode="replay")
     message = why(client, {"model": "m", "messages": chat(100)})
-    assert "it had 400 more fields" in message
+    assert message.endswith("differs in messages[100:300].")
+    longer = why(client, {"model": "m", "messages": [*chat(300), *chat(2)]})
+    assert longer.endswith("differs in messages[300:302].")
 
 
 def test_a_long_chats_miss_hashes_only_the_window_also_against_a_shorter_recorded_chat(tmp_path, monkeypatch):
