@@ -4,6 +4,10 @@
 installed). A request to a known LLM host is keyed deterministically, answered from the file when
 seen before, and recorded otherwise. The requests and aiohttp adapters, in their own modules, hand
 their requests to the same engine.
+
+The public API is what `cachy/__init__.py` exports. The unprefixed names here that it does not export
+(`Call`, `Engine`, `Entry`, `Store`, `route`, `sending`, `public_url`, `scan_file`...) are this package's
+internal interface: the adapters, the command line and the plugin use them, and they may change.
 """
 
 from __future__ import annotations
