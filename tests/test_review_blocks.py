@@ -191,3 +191,27 @@ def test_compaction_keeps_a_whole_last_entry_that_only_lacks_its_newline(tmp_pat
     result = compact_cachy(tmp_path / "cachy.jsonl")
     assert (result.kept, result.damaged) == (2, [])
     assert len(entries(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("block", [64, core._BLOCK], ids=["a line longer than a block", "default"])
+def test_a_whole_last_entry_without_its_newline_hits_and_later_appends_stay_lines_of_their_own(
+    tmp_path, monkeypatch, block
+):
+    """The same file read live: its last entry hits without a warning; another process's append (which
+    ends that line first) and this process's own append each become a line of their own."""
+    monkeypatch.setattr(core, "_BLOCK", block)
+    lines = record(tmp_path, [1, 2])
+    other = record(tmp_path / "elsewhere", [9])[0]
+    (tmp_path / "cachy.jsonl").write_text("".join(lines).rstrip("\n"))
+    fresh_process_state()
+    enable_cachy(tmp_path)
+    client = Upstream(numbered).client()
+    assert [ask(client, {"question": n}) for n in (1, 2)] == [1, 2]  # a CachyWarning would fail the test
+    with open(tmp_path / "cachy.jsonl", "a") as file:
+        file.write("\n" + other)  # what another process's append writes after a line without its newline
+    assert ask(client, {"question": 9}) == 1
+    assert ask(client, {"question": 3}) == 1  # a miss, recorded by this process
+    assert [entry["response"] for entry in entries(tmp_path)] == [json.dumps({"answer": n}) for n in (1, 2, 1, 1)]
+    fresh_process_state()
+    enable_cachy(tmp_path, mode="replay")
+    assert [ask(client, {"question": n}) for n in (1, 2, 9, 3)] == [1, 2, 1, 1]
