@@ -1,11 +1,14 @@
-"""Where a miss's time goes, and what the `_content` shortcut saves a hit: the figures behind the notes in
-tests/benchmarks/README.md. Run by hand:  python tests/benchmarks/bench_parts.py
+"""Where a miss's time goes, what keying a request costs step by step, and what the `_content` shortcut saves
+a hit: the figures behind the notes in tests/benchmarks/README.md. Run by hand:
+python tests/benchmarks/bench_parts.py
 
 It reaches into cachy's internals (it times them), so unlike bench_store.py it measures only this cachy."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import tempfile
 import time
@@ -55,6 +58,47 @@ def miss_steps(kilobytes: int, misses: int) -> None:
         print(f"| {name} | {statistics.median(values):.0f} us |")
 
 
+def keying_steps(kilobytes: list[int], calls: int) -> None:
+    """Each step of keying a request body, timed alone, against a plain round trip of the same request: what
+    keeps a miss above the plain round trip, whatever else it does."""
+    http = client()
+    enable_cachy(tempfile.mkdtemp(prefix="cachy-bench-"))
+    rules = core._current_engine().rules
+    disable_cachy()
+    print(f"\nkeying a request, step by step: medians of {calls} calls, and their ratio to the plain round trip")
+    print("| request body | plain round trip | key_rules | JSON parse | JSON write, keys sorted | digest |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for size in kilobytes:
+        history = conversation(size)
+        body = json.dumps(question(0, history)).encode()
+        text = body.decode()
+        document = json.loads(text)
+        canonical = core._CANONICAL_JSON.encode(document).encode()
+
+        def apply_rules(text: str = text) -> None:
+            for pattern, replacement in rules:
+                text = pattern.sub(replacement, text)
+
+        steps = {
+            "plain": lambda h=history: http.post(URL, json=question(0, h)),
+            "rules": apply_rules,
+            "parse": lambda text=text: json.loads(text),
+            "write": lambda document=document: core._CANONICAL_JSON.encode(document).encode(),
+            "digest": lambda canonical=canonical: hashlib.sha256(canonical).hexdigest(),
+        }
+        medians = {}
+        for name, step in steps.items():
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                step()
+                times.append((time.perf_counter() - start) * 1e6)
+            medians[name] = statistics.median(times)
+        plain = medians.pop("plain")
+        cells = " | ".join(f"{median:.0f} us ({median / plain:.2f}x)" for median in medians.values())
+        print(f"| {len(body) / 1024:.0f} KB | {plain:.0f} us | {cells} |")
+
+
 def content_shortcut(calls: int) -> None:
     """Hits with the stored bytes handed to the response (`_content`) against hits that call `read()`,
     in the same rounds, each against a plain round trip."""
@@ -95,6 +139,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000, help="misses timed; calls per kind of hit")
     args = parser.parse_args()
     miss_steps(args.kilobytes, args.samples)
+    keying_steps([2, 50, 200], args.samples)
     content_shortcut(2 * args.samples)
 
 
