@@ -297,10 +297,12 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
 
 
 # ------------------------------------------------------------------ why a request missed, what it cost
-_FINGERPRINT_BITS = 960  # 160 characters of base64: a 50-message chat's ~110 fields miss a change ~1.5% of the time
+_FINGERPRINT_BITS = 960  # 160 characters of base64: with ~100 fields held, a change goes unnamed ~1.5% of the time
 _FINGERPRINT_DEPTH = 4  # `tools[0].function.description` is a field; anything deeper is hashed into its parent
-_FINGERPRINT_ENDS = (16, 48)  # a list of more than 64 elements is held by its first 16 and last 48
-_FINGERPRINT_FORM = re.compile(r"\d+:[A-Za-z0-9+/]{160}:(?:[0-9a-f]{8}=\d+(?:,[0-9a-f]{8}=\d+)*)?")
+_LONG_LIST = 64  # a list of more elements, or whose elements hold more than 128 fields, is held by its two ends:
+_WHOLE_FIELDS = 128
+_ENDS_FIELDS = (24, 72)  # its first elements up to 24 fields, its last up to 72: ~100 fields, whatever a message holds
+_FINGERPRINT_FORM = re.compile(r"\d+:[A-Za-z0-9+/]{160}:(?:[0-9a-f]{8}=\d+\.\d+\.\d+(?:,[0-9a-f]{8}=\d+\.\d+\.\d+)*)?")
 
 
 def _utf8(text: str) -> bytes:
@@ -315,28 +317,31 @@ def _path_id(path: str) -> str:
 
 class _Fields(list):
     """(JSON path, value) pairs of a request body, and what its long lists were: when fingerprinting, their
-    lengths by hashed path; when comparing, the ranges of elements a fingerprint cannot hold (new, or gone),
-    and which of its long lists were found again."""
+    lengths and how many elements each end held, by hashed path; when comparing, the ranges of elements
+    a fingerprint cannot hold (new, or gone), and which of its long lists were found again."""
 
     def __init__(self):
         super().__init__()
-        self.long_lists: dict[str, int] = {}
-        self.beyond: list[str] = []
+        self.long_lists: dict[str, tuple[int, int, int]] = {}
+        self.beyond: list[tuple[str, int, int]] = []
         self.found: set[str] = set()
 
 
 def _fields(
-    document: Any, recorded: dict[str, int] | None = None, path: str = "", depth: int = 0, into: _Fields | None = None
+    document: Any,
+    recorded: dict[str, tuple[int, int, int]] | None = None,
+    path: str = "",
+    depth: int = 0,
+    into: _Fields | None = None,
 ) -> _Fields:
     """(JSON path, value) of a request body's fields, down to a fixed depth: the names a miss explains itself by.
-    To compare with a fingerprint, `recorded` holds the lengths of its long lists."""
+    To compare with a fingerprint, `recorded` holds its long lists."""
     into = _Fields() if into is None else into
     if depth < _FINGERPRINT_DEPTH and isinstance(document, dict) and document:
         for name, value in document.items():
             _fields(value, recorded, f"{path}.{name}" if path else name, depth + 1, into)
     elif depth < _FINGERPRINT_DEPTH and isinstance(document, list) and document and not _of_values(document):
-        for index in _held_elements(document, recorded, path, into):
-            _fields(document[index], recorded, f"{path}[{index}]", depth + 1, into)
+        _list_fields(document, recorded, path, depth, into)
     else:
         value = document if isinstance(document, str) else _CANONICAL_JSON.encode(document)
         into.append((path or "(the body)", _utf8(value)))
@@ -345,32 +350,60 @@ def _fields(
 
 def _of_values(items: list) -> bool:
     """A long list of plain values (token ids, texts to embed) is one field: too many elements to name."""
-    return len(items) > sum(_FINGERPRINT_ENDS) and not isinstance(items[0], (dict, list))
+    return len(items) > _LONG_LIST and not isinstance(items[0], (dict, list))
 
 
-def _held_elements(items: list, recorded: dict[str, int] | None, path: str, into: _Fields) -> Iterable[int]:
-    """The elements of a list that a fingerprint holds: all of a short list; the two ends of a long one, where
-    a chat changes (its system prompt, its latest turns), which keeps a long chat's miss as cheap as a short
-    one's and its Bloom filter from filling up. Compared with a fingerprint, the elements it held; those past
-    the end of the recorded list are new, and named as a range without being hashed."""
-    first, last = _FINGERPRINT_ENDS
+def _list_fields(
+    items: list, recorded: dict[str, tuple[int, int, int]] | None, path: str, depth: int, into: _Fields
+) -> None:
+    """The fields of a list's elements: all of a short list's; of a long one, its two ends', where a chat
+    changes (its system prompt, its latest turns), which keeps a long chat's miss as cheap as a short one's
+    and its Bloom filter as empty. Compared with a fingerprint, the elements it held; those past the end of
+    the recorded list are new, and named as a range without being hashed, as are those gone."""
     length, path_id = len(items), _path_id(path)
+
+    def walk(index: int) -> None:
+        _fields(items[index], recorded, f"{path}[{index}]", depth + 1, into)
+
     if recorded is None:  # fingerprinting
-        if length <= first + last:
-            return range(length)
-        into.long_lists[path_id] = length
-        return [*range(first), *range(length - last, length)]
-    held = recorded.get(path_id)
-    if held is None:  # held whole: a list of at most 64 elements, if the recorded request had one here
-        end, indexes = min(length, first + last), range(min(length, first + last))
+        start, lists = len(into), len(into.long_lists)
+        if length <= _LONG_LIST:
+            for index in range(length):
+                walk(index)
+            if len(into) - start <= _WHOLE_FIELDS:
+                return
+            del into[start:]  # too many fields to hold whole, as an agent's chat of a few fields a message
+            for inner in list(into.long_lists)[lists:]:
+                del into.long_lists[inner]
+        first = _walk_ends(range(length), _ENDS_FIELDS[0], walk, into)
+        last = _walk_ends(range(length - 1, first - 1, -1), _ENDS_FIELDS[1], walk, into)
+        into.long_lists[path_id] = (length, first, last)
+        return
+    held = None if recorded is None else recorded.get(path_id)
+    if held is None:  # held whole: at most 64 elements, if the recorded request had a list here
+        end = min(length, _LONG_LIST)
+        indexes: Iterable[int] = range(end)
     else:
         into.found.add(path_id)
-        end = min(length, held)
-        indexes = [index for index in (*range(first), *range(held - last, held)) if index < length]
-    for start, stop in ((end, length), (length, held or 0)):  # elements new here, and elements gone
+        held_length, first, last = held
+        end = min(length, held_length)
+        indexes = [index for index in (*range(first), *range(held_length - last, held_length)) if index < length]
+    for index in indexes:
+        walk(index)
+    for start, stop in ((end, length), (length, held[0] if held else 0)):  # elements new here, elements gone
         if stop > start:
-            into.beyond.append(f"{path}[{start}]" if stop == start + 1 else f"{path}[{start}:{stop}]")
-    return indexes
+            into.beyond.append((path, start, stop))
+
+
+def _walk_ends(indexes: Iterable[int], budget: int, walk: Callable[[int], None], into: _Fields) -> int:
+    """Walk elements in the order of `indexes` until they hold `budget` fields; how many it walked."""
+    start, walked = len(into), 0
+    for index in indexes:
+        if len(into) - start >= budget:
+            break
+        walk(index)
+        walked += 1
+    return walked
 
 
 def _bits(path: str, value: bytes) -> tuple[int, int, int, int]:
@@ -386,50 +419,76 @@ def _bits(path: str, value: bytes) -> tuple[int, int, int, int]:
 
 
 def _fingerprint(document: Any) -> str:
-    """A Bloom filter of the body's (path, value) pairs, their count, and the lengths of the lists held by
-    their ends: enough to name the fields in which a later request differs, in under 200 bytes for a chat,
-    with neither the request's text nor any header."""
+    """A Bloom filter of the body's (path, value) pairs, their count, and how its long lists were held: enough
+    to name the fields in which a later request differs, in under 200 bytes for a chat, with neither the
+    request's text nor any header."""
     bits = bytearray(_FINGERPRINT_BITS // 8)
     fields = _fields(document)
     for path, value in fields:
         for bit in _bits(path, value):
             bits[bit >> 3] |= 1 << (bit & 7)
-    lengths = ",".join(f"{path_id}={length}" for path_id, length in fields.long_lists.items())
-    return f"{len(fields)}:{base64.b64encode(bits).decode()}:{lengths}"
+    lists = ",".join(
+        f"{path_id}={length}.{first}.{last}" for path_id, (length, first, last) in fields.long_lists.items()
+    )
+    return f"{len(fields)}:{base64.b64encode(bits).decode()}:{lists}"
 
 
 @dataclass
 class _Differences:
-    """Where a request differs from a fingerprinted one: JSON paths, a list element that is new as a whole
-    named once (`messages[3]`), a range of elements new or gone (`messages[100:300]`); and how many more
-    fields the recorded request had, when that can be told (`more_is_exact`), else at least how many."""
+    """Where a request differs from a fingerprinted one, and how many more fields the recorded one had: exactly,
+    when `more_is_exact`, else at least that many. `weight` ranks candidates: a range of elements new or gone
+    weighs as many differences as it spans, so a recorded chat of the same length beats its shorter prefixes."""
 
     paths: list[str]
     more: int
     more_is_exact: bool
+    weight: int
 
-    @property
-    def weight(self) -> int:
-        return len(self.paths) + self.more
+
+_ELEMENT = re.compile(r"(.*)\[(\d+)\]")
 
 
 def _differences(document: Any, fingerprint: str) -> _Differences:
     """Compare `document` with a fingerprint. Only what the fingerprint holds is compared, so a field that did
-    not change is never named; a changed one goes unnamed only when its hashes collide."""
-    count, encoded, lengths = fingerprint.split(":")
+    not change is never named; a changed one goes unnamed only when its hashes collide. A list element new as
+    a whole is named once (`messages[3]`), and a run of them, or of elements new past the recorded end or
+    gone, as one range (`messages[100:300]`), listed first."""
+    count, encoded, lists = fingerprint.split(":")
     bits = base64.b64decode(encoded)
-    recorded = {path_id: int(length) for path_id, length in (item.split("=") for item in lengths.split(",") if item)}
+    recorded = {}
+    for item in filter(None, lists.split(",")):
+        path_id, _, held = item.partition("=")
+        length, first, last = map(int, held.split("."))
+        recorded[path_id] = (length, first, last)
     fields = _fields(document, recorded)
     differing = {path for path, value in fields if not all(bits[b >> 3] >> (b & 7) & 1 for b in _bits(path, value))}
     elements: dict[str, list[str]] = {}
     for path, _ in fields:
         elements.setdefault(re.sub(r"(\[\d+\]).*", r"\1", path), []).append(path)
-    named = []
+    named, runs = [], list(fields.beyond)
     for element, paths in elements.items():
         inside = [path for path in paths if path in differing]
-        named += [element] if len(inside) == len(paths) > 1 else inside
+        whole = _ELEMENT.fullmatch(element) if len(inside) == len(paths) > 1 else None
+        if whole:
+            runs.append((whole.group(1), int(whole.group(2)), int(whole.group(2)) + 1))
+        else:
+            named += inside
+    ranges = _merged(runs)
+    weight = len(named) + sum(stop - start for _, start, stop in ranges)
     more = 0 if fields.beyond else max(0, int(count) - len(fields))  # a range named says it better than a count
-    return _Differences(named + fields.beyond, more, more_is_exact=fields.found == set(recorded))
+    shown = [f"{path}[{start}]" if stop == start + 1 else f"{path}[{start}:{stop}]" for path, start, stop in ranges]
+    return _Differences(shown + named, more, fields.found == set(recorded), weight + more)
+
+
+def _merged(runs: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """(list path, start, stop) runs of elements, those that touch merged, in order."""
+    merged: list[tuple[str, int, int]] = []
+    for path, start, stop in sorted(runs):
+        if merged and merged[-1][0] == path and merged[-1][2] >= start:
+            merged[-1] = (path, merged[-1][1], max(stop, merged[-1][2]))
+        else:
+            merged.append((path, start, stop))
+    return merged
 
 
 def _usage(body: bytes) -> dict[str, int]:
@@ -608,6 +667,7 @@ else:
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _BOM = b"\xef\xbb\xbf"
 _CLOSE = ord("}")  # the last byte of an entry, before its newline
+_HEAD_BYTES = 52  # a line's start, to its raw digest: what tells that the last line read is still in its place
 _ORIGINAL_KEY = re.compile(r"[0-9a-f]{8}")  # the original cachy's keys
 _KEY_FORM = re.compile(r"[0-9a-f]{16}|[0-9a-f]{8}")
 
@@ -709,6 +769,8 @@ class Store:
         self._end = 0  # where the unread part starts: after the last whole line
         self._lines = 0  # whole lines read
         self._open_line = False  # the last line read is a whole entry without its newline (a hand-saved file)
+        self._last_line, self._last_head = 0, b""  # where the last line read starts, and its start: a file
+        # rewritten in place (an editor) no longer has it there, and is read afresh rather than from `_end`
         self._unfinished_at = -1  # where an unfinished last line starts, once reported: it is reported once
         self.versions: Counter[int] = Counter()  # entries by the key version that wrote them
         self._endpoints: dict[tuple[str, str], list[dict]] = {}  # what explains misses, read at the first
@@ -812,7 +874,12 @@ class Store:
             stat = os.stat(self.path)
         except FileNotFoundError:
             return self._close()
-        if self._reader is None or stat.st_ino != self._identity[0] or stat.st_size < self._end:
+        if (
+            self._reader is None
+            or stat.st_ino != self._identity[0]
+            or stat.st_size < self._end
+            or _read_at(self._reader, len(self._last_head), self._last_line) != self._last_head
+        ):
             self._close()
             self._reader = os.open(self.path, os.O_RDONLY | _O_BINARY)
         with _FileLock(self):  # writers hold it: no half-written line is mistaken for damage
@@ -849,6 +916,9 @@ class Store:
                         original += 1
                 start = stop
             loaded = offset + end
+            if end:
+                self._last_line = offset + block.rfind(b"\n", 0, end - 1) + 1
+                self._last_head = block[self._last_line - offset : self._last_line - offset + _HEAD_BYTES]
             if end == 0 and isinstance(_parse_json(block), dict):  # whole, only without its newline
                 number += 1
                 kind = self._index_line(block + b"\n", offset, versions)
@@ -858,6 +928,7 @@ class Store:
                     original += 1
                 loaded = offset + len(block)
                 self._open_line = True
+                self._last_line, self._last_head = offset, block[:_HEAD_BYTES]
             elif end == 0 and offset != self._unfinished_at:  # a writer was killed mid-line
                 damaged.append(number + 1)
                 self._unfinished_at = offset  # the next append ends it with a newline: it is not reported again
@@ -938,6 +1009,8 @@ class Store:
                 self.versions[KEY_VERSION] += 1
                 self._end, self._lines = size + len(line), self._lines + line.count(b"\n")
                 self._open_line = False
+                self._last_line = self._end - len(line.lstrip(b"\n"))
+                self._last_head = line.lstrip(b"\n")[:_HEAD_BYTES]
                 self._identity = _identity(os.fstat(self._writer))
 
     def rewrite(self, keep: set[str] | None = None, drop_stale: bool = False) -> Rewrite:
@@ -1295,16 +1368,21 @@ class Engine:
         differences, closest = min(compared, key=lambda pair: pair[0].weight)
         paths, more = differences.paths, differences.more
         where = f"The closest recorded request (key {closest['key']})"
+        streaming = ""
+        if bool(closest.get("stream")) != miss.call.stream:
+            streaming = (
+                "this request streams and it did not" if miss.call.stream else "it streamed and this request does not"
+            )
         if not paths and not more:
-            if bool(closest.get("stream")) != miss.call.stream:
-                return f"{where} has the same body, but {'this request streams and it did not' if miss.call.stream else 'it streamed and this request does not'}"
+            if streaming:
+                return f"{where} shows no difference in its body, but {streaming}"
             return (
                 f"{where} looks the same: it may differ where its fingerprint does not look (deeper, or in the "
                 f"middle of a long list), or be of key version {closest.get('v', 1)}"
             )
         differs = ", ".join(paths[:8]) + (f" and {len(paths) - 8} more" if len(paths) > 8 else "")
         extra = f"; it had {'' if differences.more_is_exact else 'at least '}{more} more fields" if more else ""
-        return f"{where} differs in {differs or 'fields it lacks'}{extra}"
+        return f"{where} differs in {differs or 'fields it lacks'}{extra}" + (f"; and {streaming}" if streaming else "")
 
     def _occurrence(self, key: str) -> int:
         """With repeats: which time this configuration sees this request."""

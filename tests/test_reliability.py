@@ -803,6 +803,23 @@ def test_a_file_rewritten_in_place_still_hits_every_entry(tmp_path, change):
     assert padded.calls == 21
 
 
+@pytest.mark.parametrize("longer", [1, 300])
+def test_a_file_that_grows_by_an_edit_in_place_is_read_afresh_not_from_its_old_end(tmp_path, longer):
+    """An edit in place that makes the file longer looks like an append by its size alone: reading on from the
+    old end would read a tail that starts inside a line, a damaged line that never was (a CachyWarning, an
+    error under the plugin). The last line read is no longer where it was, so the file is read afresh."""
+    padded = Upstream(json_reply(lambda request, n: {"n": n, "pad": "x" * 1000}))
+    lines = record(tmp_path / "cache", padded, range(5))
+    inserted = record(
+        tmp_path / "scratch", Upstream(json_reply(lambda r, n: {"n": 0, "pad": "y" * (1000 + longer)})), [9]
+    )
+    enable_cachy(tmp_path / "cache")
+    assert ask(padded, 4) == 5  # the index is loaded
+    rewrite_in_place(tmp_path / "cache" / "cachy.jsonl", "".join(inserted + lines))
+    assert [ask(padded, question) for question in range(5)] == [1, 2, 3, 4, 5]  # and no warning
+    assert padded.calls == 5
+
+
 def test_a_file_truncated_in_place_is_a_miss_never_a_stale_hit(tmp_path, upstream):
     record(tmp_path, upstream, [1, 2, 3])
     enable_cachy(tmp_path)
