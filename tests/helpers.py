@@ -63,6 +63,20 @@ def json_reply(make: Callable[[httpx.Request, int], dict]):
     return lambda request, n: (200, {"content-type": "application/json"}, json.dumps(make(request, n)).encode())
 
 
+def anthropic_message(n: int, model: str, input_tokens: int = 1, output_tokens: int = 1) -> dict:
+    """An anthropic Messages answer before its content, as `message_start` carries it."""
+    return {
+        "id": f"msg_{n}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+
+
 def entries(folder) -> list[dict]:
     """The parsed lines of `folder/cachy.jsonl`."""
     path = folder / "cachy.jsonl"

@@ -15,7 +15,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import CHAT, JSON, SSE, Upstream, entries
+from helpers import CHAT, JSON, SSE, Upstream, anthropic_message, entries
 
 from cachy import CachyMiss, CachyWarning, cachy, cachy_stats, compact_cachy, core, disable_cachy, enable_cachy
 from cachy.cli import main
@@ -393,16 +393,7 @@ def openai_reply(request, n):
 
 def anthropic_reply(request, n):
     body = json.loads(request.content)
-    message = {
-        "id": f"msg_{n}",
-        "type": "message",
-        "role": "assistant",
-        "model": body["model"],
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": 13, "output_tokens": 1},
-    }
+    message = anthropic_message(n, body["model"], input_tokens=13)
     if not body.get("stream"):
         done = {**message, "content": [{"type": "text", "text": f"claude {n}"}], "stop_reason": "end_turn"}
         return 200, JSON, json.dumps({**done, "usage": {"input_tokens": 13, "output_tokens": 9}}).encode()

@@ -24,7 +24,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import JSON, SSE, Upstream, entries, http_module
+from helpers import JSON, SSE, Upstream, anthropic_message, entries, http_module
 
 from cachy import CachyMiss, core, disable_cachy, enable_cachy
 
@@ -192,16 +192,7 @@ def provider(request, n: int):
         }
         return 200, JSON, json.dumps(response).encode()
     if path.endswith("/messages"):
-        message = {
-            "id": f"msg_{n}",
-            "type": "message",
-            "role": "assistant",
-            "model": body["model"],
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": 1000, "output_tokens": 5},
-        }
+        message = anthropic_message(n, body["model"], input_tokens=1000, output_tokens=5)
         text = f"answer {n}"
         if not body.get("stream"):
             done = {**message, "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}

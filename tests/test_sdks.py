@@ -16,7 +16,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import JSON, SSE, Server, Upstream, entries, http_module
+from helpers import JSON, SSE, Server, Upstream, anthropic_message, entries, http_module
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 from litellm.llms.custom_httpx.http_handler import HTTPHandler
 
@@ -173,16 +173,7 @@ def anthropic_reply(request: httpx.Request, n: int):
         }
         return 200, JSON, json.dumps(metadata).encode()
     body = json.loads(request.content)
-    message = {
-        "id": f"msg_{n}",
-        "type": "message",
-        "role": "assistant",
-        "model": body["model"],
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": 1, "output_tokens": 1},
-    }
+    message = anthropic_message(n, body["model"])
     text = f"claude {n}"
     if not body.get("stream"):
         done = {**message, "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
