@@ -63,18 +63,48 @@ def json_reply(make: Callable[[httpx.Request, int], dict]):
     return lambda request, n: (200, {"content-type": "application/json"}, json.dumps(make(request, n)).encode())
 
 
-def anthropic_message(n: int, model: str, input_tokens: int = 1, output_tokens: int = 1) -> dict:
-    """An anthropic Messages answer before its content, as `message_start` carries it."""
-    return {
+def sse(events: list[tuple[str | None, dict | str]]) -> list[bytes]:
+    """Server-sent events, one chunk each, each ending with the blank line the SDKs need."""
+    chunks = []
+    for name, data in events:
+        text = data if isinstance(data, str) else json.dumps(data)
+        chunks.append(((f"event: {name}\n" if name else "") + f"data: {text}\n\n").encode())
+    return chunks
+
+
+def anthropic_answer(body: dict, n: int, text: str, tokens: tuple[int, int] = (1, 1), headers: dict = JSON):
+    """anthropic's answer to a Messages request `body` (status, headers, body): whole, or the events of a
+    stream when `body` asks for one, with the input tokens at its start and the output tokens at its end."""
+    input_tokens, output_tokens = tokens
+    message = {
         "id": f"msg_{n}",
         "type": "message",
         "role": "assistant",
-        "model": model,
+        "model": body["model"],
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1},
     }
+    if not body.get("stream"):
+        done = {**message, "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
+        return (
+            200,
+            headers,
+            json.dumps({**done, "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}}).encode(),
+        )
+    start = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+    events = [
+        ("message_start", {"type": "message_start", "message": message}),
+        ("content_block_start", start),
+        ("content_block_delta", delta),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {**end, "usage": {"output_tokens": output_tokens}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return 200, SSE, sse(events)
 
 
 def entries(folder) -> list[dict]:

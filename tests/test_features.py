@@ -15,7 +15,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import CHAT, JSON, SSE, Upstream, anthropic_message, entries
+from helpers import CHAT, JSON, SSE, Upstream, anthropic_answer, entries, sse
 
 from cachy import CachyMiss, CachyWarning, cachy, cachy_stats, compact_cachy, core, disable_cachy, enable_cachy
 from cachy.cli import main
@@ -329,13 +329,6 @@ def slow(reply):
     return answer
 
 
-def sse(events: list[tuple[str | None, dict | str]]) -> list[bytes]:
-    return [
-        ((f"event: {name}\n" if name else "") + f"data: {d if isinstance(d, str) else json.dumps(d)}\n\n").encode()
-        for name, d in events
-    ]
-
-
 def openai_reply(request, n):
     body = json.loads(request.content)
     if request.url.path.endswith("/responses"):
@@ -392,30 +385,7 @@ def openai_reply(request, n):
 
 
 def anthropic_reply(request, n):
-    body = json.loads(request.content)
-    message = anthropic_message(n, body["model"], input_tokens=13)
-    if not body.get("stream"):
-        done = {**message, "content": [{"type": "text", "text": f"claude {n}"}], "stop_reason": "end_turn"}
-        return 200, JSON, json.dumps({**done, "usage": {"input_tokens": 13, "output_tokens": 9}}).encode()
-    block = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"claude {n}"}}
-    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}
-    return (
-        200,
-        SSE,
-        sse(
-            [
-                ("message_start", {"type": "message_start", "message": message}),
-                (
-                    "content_block_start",
-                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                ),
-                ("content_block_delta", block),
-                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                ("message_delta", end),
-                ("message_stop", {"type": "message_stop"}),
-            ]
-        ),
-    )
+    return anthropic_answer(json.loads(request.content), n, f"claude {n}", tokens=(13, 9))
 
 
 def gemini_reply(request, n):

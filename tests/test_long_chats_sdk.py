@@ -24,7 +24,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import JSON, SSE, Upstream, anthropic_message, entries, http_module
+from helpers import JSON, SSE, Upstream, anthropic_answer, entries, http_module, sse
 
 from cachy import CachyMiss, core, disable_cachy, enable_cachy
 
@@ -149,15 +149,6 @@ def edited(items: list, index: int, **changes) -> list:
 
 
 # ------------------------------------------------------------------------------ the fake upstream
-def sse(events: list[tuple[str | None, dict | str]]) -> list[bytes]:
-    return [
-        (
-            (f"event: {name}\n" if name else "") + f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
-        ).encode()
-        for name, data in events
-    ]
-
-
 def provider(request, n: int):
     """One fake upstream for the three providers, streamed or not, told apart by the path."""
     path = request.url.path
@@ -192,23 +183,7 @@ def provider(request, n: int):
         }
         return 200, JSON, json.dumps(response).encode()
     if path.endswith("/messages"):
-        message = anthropic_message(n, body["model"], input_tokens=1000, output_tokens=5)
-        text = f"answer {n}"
-        if not body.get("stream"):
-            done = {**message, "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
-            return 200, JSON, json.dumps(done).encode()
-        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
-        end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
-        events = [
-            ("message_start", {"type": "message_start", "message": message}),
-            ("content_block_start", block),
-            ("content_block_delta", delta),
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {**end, "usage": {"output_tokens": 5}}),
-            ("message_stop", {"type": "message_stop"}),
-        ]
-        return 200, SSE, sse(events)
+        return anthropic_answer(body, n, f"answer {n}", tokens=(1000, 5))
     candidate = {"content": {"role": "model", "parts": [{"text": f"answer {n}"}]}, "finishReason": "STOP"}
     answer = {"candidates": [candidate], "usageMetadata": {"promptTokenCount": 1000, "totalTokenCount": 1005}}
     if "streamGenerateContent" in path:

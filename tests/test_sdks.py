@@ -16,7 +16,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import JSON, SSE, Server, Upstream, anthropic_message, entries, http_module
+from helpers import JSON, SSE, Server, Upstream, anthropic_answer, entries, http_module, sse
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 from litellm.llms.custom_httpx.http_handler import HTTPHandler
 
@@ -32,15 +32,6 @@ def twice(upstream: Upstream, run):
     assert upstream.calls == calls, "the second run reached the upstream"
     assert second == first
     return first
-
-
-def sse(events: list[tuple[str | None, dict | str]]) -> list[bytes]:
-    """Server-sent events, one chunk each, each ending with the blank line the SDKs need."""
-    chunks = []
-    for name, data in events:
-        text = data if isinstance(data, str) else json.dumps(data)
-        chunks.append(((f"event: {name}\n" if name else "") + f"data: {text}\n\n").encode())
-    return chunks
 
 
 OPENAI_HTTPX, ANTHROPIC_HTTPX, GENAI_HTTPX = (http_module(sdk) for sdk in ("openai", "anthropic", "google-genai"))
@@ -172,39 +163,8 @@ def anthropic_reply(request: httpx.Request, n: int):
             "created_at": "2025-01-01T00:00:00Z",
         }
         return 200, JSON, json.dumps(metadata).encode()
-    body = json.loads(request.content)
-    message = anthropic_message(n, body["model"])
-    text = f"claude {n}"
-    if not body.get("stream"):
-        done = {**message, "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
-        return 200, {**JSON, "request-id": f"req_{n}"}, json.dumps(done).encode()
-    return (
-        200,
-        SSE,
-        sse(
-            [
-                ("message_start", {"type": "message_start", "message": message}),
-                (
-                    "content_block_start",
-                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                ),
-                (
-                    "content_block_delta",
-                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
-                ),
-                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                (
-                    "message_delta",
-                    {
-                        "type": "message_delta",
-                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                        "usage": {"output_tokens": 2},
-                    },
-                ),
-                ("message_stop", {"type": "message_stop"}),
-            ]
-        ),
-    )
+    headers = {**JSON, "request-id": f"req_{n}"}
+    return anthropic_answer(json.loads(request.content), n, f"claude {n}", tokens=(1, 2), headers=headers)
 
 
 @pytest.fixture
