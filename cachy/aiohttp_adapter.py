@@ -23,7 +23,11 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .core import CachyWarning, Call, Entry, StreamRecording, route, sending
+from .core import Call, Engine, Miss, aserve, wrap
+from .errors import CachyWarning
+from .lines import Entry
+from .recording import StreamRecording
+from .stats import Outcome
 
 _Handler = Callable[[ClientRequest], Awaitable[ClientResponse]]
 
@@ -41,30 +45,6 @@ def _show(response: ClientResponse, headers: dict[str, str]) -> None:
     response._raw_headers = tuple((name.encode(), value.encode()) for name, value in headers.items())
     response._cache.pop("headers", None)  # `headers` and `raw_headers` are cached properties
     response._cache.pop("raw_headers", None)
-
-
-def _replay(entry: Entry, request: ClientRequest) -> ClientResponse:
-    """A real ClientResponse whose body is a real StreamReader holding the stored bytes, then its end."""
-    response = request.response_class(
-        request.method,
-        request.original_url,
-        writer=None,
-        continue100=None,
-        timer=None,
-        request_info=request.request_info,
-        traces=[],
-        loop=request.loop,
-        session=request.session,
-        **_UNSENT,
-    )
-    response.version, response.status = HttpVersion11, entry.status
-    response.reason = http.client.responses.get(entry.status, "")
-    _show(response, entry.headers)
-    # A limit above the body's size: a reader with no connection must never ask one to pause.
-    response.content = StreamReader(BaseProtocol(request.loop), len(entry.body) + 1, loop=request.loop)
-    response.content.feed_data(entry.body)
-    response.content.feed_eof()
-    return response
 
 
 _recordings: dict[StreamReader, StreamRecording] = {}
@@ -115,25 +95,58 @@ def _record(reader: StreamReader, recording: StreamRecording) -> None:
         reader.__class__ = _RecordedReader
 
 
+class _Aiohttp:
+    """A `ClientSession`'s requests, as `aserve` walks them from cachy's middleware (see `cachy.core.Adapter`).
+    aiohttp has no stream flag: every request is keyed as not streamed, and every body recorded as it arrives."""
+
+    def __init__(self, decoded: bool):
+        self._decoded = decoded  # the session decompresses bodies: else an encoded one is passed on unrecorded
+
+    def target(self, request: ClientRequest) -> tuple[str, str, str]:
+        return request.method, str(request.url), request.url.host or ""
+
+    async def call(self, request: ClientRequest, stream: bool) -> Call:
+        body = await request.body.as_bytes() if request.body else b""  # a streamed payload keeps what it read
+        return Call(request.method, str(request.url), body, request.headers, stream)
+
+    def replay(self, entry: Entry, request: ClientRequest) -> ClientResponse:
+        """A real ClientResponse whose body is a real StreamReader holding the stored bytes, then its end."""
+        response = request.response_class(
+            request.method,
+            request.original_url,
+            writer=None,
+            continue100=None,
+            timer=None,
+            request_info=request.request_info,
+            traces=[],
+            loop=request.loop,
+            session=request.session,
+            **_UNSENT,
+        )
+        response.version, response.status = HttpVersion11, entry.status
+        response.reason = http.client.responses.get(entry.status, "")
+        _show(response, entry.headers)
+        # A limit above the body's size: a reader with no connection must never ask one to pause.
+        response.content = StreamReader(BaseProtocol(request.loop), len(entry.body) + 1, loop=request.loop)
+        response.content.feed_data(entry.body)
+        response.content.feed_eof()
+        return response
+
+    def answer(self, engine: Engine, miss: Miss, request: ClientRequest, response: ClientResponse) -> ClientResponse:
+        """The live response, its body recorded once it has all arrived, however the caller reads it."""
+        if not self._decoded and "content-encoding" in response.headers:
+            engine.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, " (encoded: auto_decompress is off)")
+            return response
+        recording = engine.record_stream(miss, response.status, response.headers)
+        if recording is not None:
+            _show(response, recording.headers)
+            _record(response.content, recording)
+        return response
+
+
 async def _cache(request: ClientRequest, handler: _Handler, decoded: bool) -> ClientResponse:
     """The middleware: a hit answers from the store, a miss goes live and is recorded once its body has arrived."""
-    engine = route(request.method, str(request.url), request.url.host or "")
-    if engine is None:
-        return await handler(request)
-    body = await request.body.as_bytes() if request.body else b""  # a streamed payload keeps what it read
-    miss = engine.lookup(Call(request.method, str(request.url), body, request.headers, stream=False))
-    if isinstance(miss, Entry):
-        return _replay(miss, request)
-    with sending():
-        response = await handler(request)
-    if not decoded and "content-encoding" in response.headers:
-        engine.note("passed", miss.call.method, miss.url, miss.slot, " (encoded: auto_decompress is off)")
-        return response
-    recording = engine.record_stream(miss, response.status, response.headers)
-    if recording is not None:
-        _show(response, recording.headers)
-        _record(response.content, recording)
-    return response
+    return await aserve(_Aiohttp(decoded), request, False, lambda: handler(request))
 
 
 def _patched(original: Callable) -> Callable:
@@ -148,13 +161,9 @@ def _patched(original: Callable) -> Callable:
     return _request
 
 
-_original: Callable | None = None
-
-
 def patch() -> None:
     """Wrap `ClientSession._request`, which every request of a session goes through, once; cachy's middleware
     goes last, next to the network, so that it sees what the session's own middlewares made of the request."""
-    global _original
     if "middlewares" not in inspect.signature(ClientSession._request).parameters:
         warnings.warn(
             f"cachy caches aiohttp from version 3.12 on, and this is aiohttp {aiohttp.__version__}: "
@@ -162,13 +171,5 @@ def patch() -> None:
             CachyWarning,
             stacklevel=2,
         )
-    elif _original is None:
-        _original = ClientSession.__dict__["_request"]
-        ClientSession._request = _patched(_original)
-
-
-def unpatch() -> None:
-    global _original
-    if _original is not None:
-        ClientSession._request = _original
-        _original = None
+    else:
+        wrap(ClientSession, "_request", _patched)

@@ -12,7 +12,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import demo
-from .core import KEY_VERSION, Stats, _entry_of, _slot, compact_cachy, default_cache_dir, scan_file
+from .core import KEY_VERSION, compact_cachy, default_cache_dir, scan_file
+from .lines import entry_of, key_field, slot
+from .stats import Stats
 
 
 class _UserError(Exception):
@@ -43,10 +45,10 @@ def stats(path: str | None) -> None:
         if entry is None:
             damaged.append(number)
             continue
-        keys[_slot(entry["key"], entry.get("n", 1))] += 1
+        keys[slot(entry["key"], entry.get("n", 1))] += 1
         versions[entry.get("v", 1)] += 1
         dates += [entry["recorded_at"]] if isinstance(entry.get("recorded_at"), str) else []
-        replayed = _entry_of(entry)  # what a hit reads: fields written before, or null, count nothing
+        replayed = entry_of(entry)  # what a hit reads: fields written before, or null, count nothing
         saved.saved_seconds += replayed.seconds
         saved.saved_input_tokens += replayed.usage.get("input", 0)
         saved.saved_output_tokens += replayed.usage.get("output", 0)
@@ -93,7 +95,7 @@ def show(key: str, path: str | None) -> None:
     for number, line, entry in scan_file(file):
         if entry and entry["key"].startswith(key):
             found[entry["key"]] = entry
-        elif entry is None and f'"key": "{key}'.encode() in line:
+        elif entry is None and key_field(key) in line:
             damaged.append(number)
     if not found:
         damage = (

@@ -17,7 +17,7 @@ from types import ModuleType
 
 class PatchOnImport:
     """Runs `patch()` of the module `adapter` on `library`: now if the program has imported it, else right after
-    it does. `unpatch()` undoes either."""
+    it does. `stop_waiting()` withdraws the second (the patch itself is undone with cachy's others)."""
 
     def __init__(self, library: str, adapter: str):
         self.library, self.adapter = library, adapter
@@ -28,11 +28,9 @@ class PatchOnImport:
         elif self not in sys.meta_path:
             sys.meta_path.insert(0, self)
 
-    def unpatch(self) -> None:
+    def stop_waiting(self) -> None:
         if self in sys.meta_path:
             sys.meta_path.remove(self)
-        if self.adapter in sys.modules:
-            sys.modules[self.adapter].unpatch()
 
     def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> ModuleSpec | None:
         """The library's own spec, found by the other finders, with a loader that patches once it has run."""

@@ -15,7 +15,9 @@ from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from .core import Call, Engine, Entry, Miss, StreamRecording, route, sending
+from .core import Call, Engine, Miss, serve, wrap
+from .lines import Entry
+from .recording import StreamRecording
 
 
 def _body(request: PreparedRequest) -> bytes:
@@ -43,18 +45,6 @@ class _StoredBody(io.BytesIO):
 
     def isclosed(self) -> bool:
         return self.closed or self.tell() == self.size
-
-
-def _replay(adapter: HTTPAdapter, request: PreparedRequest, entry: Entry) -> Response:
-    """A response built from `entry` the way requests builds a live one, so it reads alike in every way."""
-    raw = urllib3.HTTPResponse(
-        body=_StoredBody(entry.body),
-        headers=entry.headers,
-        status=entry.status,
-        reason=http.client.responses.get(entry.status, ""),
-        preload_content=False,
-    )
-    return adapter.build_response(request, raw)
 
 
 class _LiveRaw:
@@ -102,50 +92,51 @@ class _LiveRaw:
         return getattr(self._live, name)
 
 
-def _answer(engine: Engine, miss: Miss, live: Response) -> Response:
-    """The live response, recorded; shaped as a later hit will replay it."""
-    if not miss.call.stream:
-        entry = engine.record(miss, live.status_code, live.headers, live.content)
-        if entry is not None:
-            live.headers = CaseInsensitiveDict(entry.headers)  # what a hit will replay; the body is decoded already
+class _Requests:
+    """`HTTPAdapter.send`, as `serve` walks it (see `cachy.core.Adapter`)."""
+
+    def __init__(self, adapter: HTTPAdapter):
+        self._adapter = adapter  # the one sending: its `build_response` builds a replay as a live response
+
+    def target(self, request: PreparedRequest) -> tuple[str, str, str]:
+        url = request.url or ""
+        return request.method or "GET", url, urlsplit(url).hostname or ""
+
+    def call(self, request: PreparedRequest, stream: bool) -> Call:
+        return Call(request.method or "GET", request.url or "", _body(request), request.headers, stream)
+
+    def replay(self, entry: Entry, request: PreparedRequest) -> Response:
+        """A response built from `entry` the way requests builds a live one, so it reads alike in every way."""
+        raw = urllib3.HTTPResponse(
+            body=_StoredBody(entry.body),
+            headers=entry.headers,
+            status=entry.status,
+            reason=http.client.responses.get(entry.status, ""),
+            preload_content=False,
+        )
+        return self._adapter.build_response(request, raw)
+
+    def answer(self, engine: Engine, miss: Miss, request: PreparedRequest, live: Response) -> Response:
+        if not miss.call.stream:
+            entry = engine.record(miss, live.status_code, live.headers, live.content)
+            if entry is not None:
+                live.headers = CaseInsensitiveDict(entry.headers)  # what a hit will replay; the body is decoded already
+            return live
+        recording = engine.record_stream(miss, live.status_code, live.headers)
+        if recording is not None:
+            live.headers = CaseInsensitiveDict(recording.headers)
+            live.raw = _LiveRaw(live.raw, recording)
         return live
-    recording = engine.record_stream(miss, live.status_code, live.headers)
-    if recording is not None:
-        live.headers = CaseInsensitiveDict(recording.headers)
-        live.raw = _LiveRaw(live.raw, recording)
-    return live
 
 
 def _patched(original: Callable) -> Callable:
     @functools.wraps(original)
     def send(self: HTTPAdapter, request: PreparedRequest, stream: bool = False, *args: Any, **kwargs: Any) -> Response:
-        method, url = request.method or "GET", request.url or ""
-        engine = route(method, url, urlsplit(url).hostname or "")
-        if engine is None:
-            return original(self, request, stream, *args, **kwargs)
-        miss = engine.lookup(Call(method, url, _body(request), request.headers, bool(stream)))
-        if isinstance(miss, Entry):
-            return _replay(self, request, miss)
-        with sending():
-            live = original(self, request, stream, *args, **kwargs)
-        return _answer(engine, miss, live)
+        return serve(_Requests(self), request, bool(stream), lambda: original(self, request, stream, *args, **kwargs))
 
     return send
 
 
-_original: Callable | None = None
-
-
 def patch() -> None:
     """Wrap `HTTPAdapter.send` once; the wrapper reads cachy's configuration at call time."""
-    global _original
-    if _original is None:
-        _original = HTTPAdapter.__dict__["send"]
-        HTTPAdapter.send = _patched(_original)
-
-
-def unpatch() -> None:
-    global _original
-    if _original is not None:
-        HTTPAdapter.send = _original
-        _original = None
+    wrap(HTTPAdapter, "send", _patched)

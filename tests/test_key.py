@@ -11,7 +11,7 @@ import httpx2
 import pytest
 from helpers import Upstream, entries
 
-from cachy import core, disable_cachy, enable_cachy, request_key
+from cachy import CachyWarning, core, disable_cachy, enable_cachy, normalise, request_key
 from cachy.cli import main
 
 URL = "https://api.openai.com/v1/chat/completions"
@@ -87,7 +87,7 @@ def hits(folder, recorded: dict, replayed: dict) -> bool:
     return upstream.calls == 1
 
 
-NOTEBOOK_RULES = core.key_rules[len(core._machine_rules()) :]
+NOTEBOOK_RULES = normalise.key_rules[len(normalise.machine_rules()) :]
 
 
 def machine_rules(monkeypatch, home: str, prefix: str) -> list[tuple[str, str]]:
@@ -96,7 +96,7 @@ def machine_rules(monkeypatch, home: str, prefix: str) -> list[tuple[str, str]]:
         machine.setenv("HOME", home)
         machine.setattr(sys, "prefix", prefix)
         machine.setattr(sys, "base_prefix", prefix)
-        return [*core._machine_rules(), *NOTEBOOK_RULES]
+        return [*normalise.machine_rules(), *NOTEBOOK_RULES]
 
 
 def traceback(site_packages: str, project: Path, home: str, prefix: str) -> str:
@@ -120,7 +120,7 @@ def projects(tmp_path) -> tuple[Path, Path]:
 def record_elsewhere(monkeypatch, upstream, project: Path, body: dict, home: str, prefix: str) -> None:
     """Record `body` in `project` as a machine with this home folder and Python prefix would."""
     with monkeypatch.context() as elsewhere:
-        elsewhere.setattr(core, "key_rules", machine_rules(monkeypatch, home, prefix))
+        elsewhere.setattr(normalise, "key_rules", machine_rules(monkeypatch, home, prefix))
         elsewhere.chdir(project)
         enable_cachy(project)
         upstream.client().post(URL, json=body)
@@ -189,7 +189,7 @@ def test_the_machine_rules_are_in_the_public_list():
     """`key_rules` holds (pattern, replacement) pairs for installed packages, the interpreter and home."""
 
     def normalised(text: str) -> str:
-        for pattern, replacement in core.key_rules:
+        for pattern, replacement in normalise.key_rules:
             text = re.sub(pattern, replacement, text)
         return text
 
@@ -294,9 +294,9 @@ def test_what_the_rules_leave_alone_still_misses(tmp_path, recorded, replayed):
 
 
 def test_a_rule_appended_by_the_user_works(tmp_path, monkeypatch):
-    monkeypatch.setattr(core, "key_rules", list(core.key_rules))  # put back after the test
+    monkeypatch.setattr(normalise, "key_rules", list(normalise.key_rules))  # put back after the test
     assert not hits(tmp_path / "before", chat("run 2024-05-01 ok"), chat("run 2025-06-02 ok"))
-    core.key_rules.append((r"\d{4}-\d\d-\d\d", "<date>"))
+    normalise.key_rules.append((r"\d{4}-\d\d-\d\d", "<date>"))
     assert hits(tmp_path / "after", chat("run 2024-05-01 ok"), chat("run 2025-06-02 ok"))
     assert not hits(tmp_path / "still", chat("run 2024-05-01 ok"), chat("run 2025-06-02 failed"))
 
@@ -336,7 +336,7 @@ def mixed_file(tmp_path):
     lines = [version_1_line(httpx.Request("POST", URL, json=chat(f"q{n}")), {"old": n}) for n in (1, 2)]
     (tmp_path / "cachy.jsonl").write_text("".join(lines))
     enable_cachy(tmp_path)
-    with pytest.warns(core.CachyWarning):
+    with pytest.warns(CachyWarning):
         Upstream(lambda request, n: (200, {}, b'{"new": 3}')).client().post(URL, json=chat("q3"))
     disable_cachy()
     core._stores.clear()  # as a new process
@@ -352,7 +352,7 @@ def test_new_entries_carry_the_key_version(tmp_path):
 def test_version_1_entries_still_hit_with_one_warning_naming_the_fix(mixed_file):
     enable_cachy(mixed_file.parent, mode="replay")
     client = Upstream(lambda request, n: (200, {}, b"{}")).client()
-    with pytest.warns(core.CachyWarning) as warned:
+    with pytest.warns(CachyWarning) as warned:
         answers = [client.post(URL, json=chat(f"q{n}")).json() for n in (1, 2, 3, 1)]
     assert answers == [{"old": 1}, {"old": 2}, {"new": 3}, {"old": 1}]
     assert len(warned) == 1

@@ -26,7 +26,7 @@ from google import genai
 from google.genai import types
 from helpers import JSON, SSE, Upstream, anthropic_answer, entries, http_module, sse
 
-from cachy import CachyMiss, core, disable_cachy, enable_cachy
+from cachy import CachyMiss, disable_cachy, enable_cachy, explain
 
 OPENAI_HTTPX, ANTHROPIC_HTTPX, GENAI_HTTPX = (http_module(sdk) for sdk in ("openai", "anthropic", "google-genai"))
 LOOKS_THE_SAME = "looks the same: it may differ where its fingerprint does not look"
@@ -700,11 +700,11 @@ def unnamed_rate(body: dict, variants: int = 40) -> float:
     """The share of single-field changes to `body` that its own fingerprint cannot name: every field the
     fingerprint holds, changed `variants` ways each (its value with a suffix), checked against the filter as
     `_differences` checks it."""
-    shape = core._fingerprint(body)
+    shape = explain.fingerprint(body)
     bits = base64.b64decode(shape.split(":")[1])
-    fields = core._fields(body)
+    fields = explain.request_fields(body)
     unnamed = sum(
-        all(bits[bit >> 3] >> (bit & 7) & 1 for bit in core._bits(path, value + b"#%d" % variant))
+        all(bits[bit >> 3] >> (bit & 7) & 1 for bit in explain.field_bits(path, value + b"#%d" % variant))
         for path, value in fields
         for variant in range(variants)
     )

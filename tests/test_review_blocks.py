@@ -9,7 +9,7 @@ import json
 import pytest
 from helpers import CHAT, JSON, Upstream, entries
 
-from cachy import CachyMiss, CachyWarning, compact_cachy, core, disable_cachy, enable_cachy
+from cachy import CachyMiss, CachyWarning, compact_cachy, core, disable_cachy, enable_cachy, explain, fileio
 
 
 def numbered(request, n):
@@ -99,13 +99,13 @@ def test_a_long_chats_miss_hashes_only_the_window_also_against_a_shorter_recorde
     enable_cachy(tmp_path)
     ask(client, {"model": "m", "messages": chat(100)})
     enable_cachy(tmp_path, mode="replay")
-    hashed, bits = [], core._bits
+    hashed, bits = [], explain.field_bits
 
     def counting(path, value):
         hashed.append(path)
         return bits(path, value)
 
-    monkeypatch.setattr(core, "_bits", counting)
+    monkeypatch.setattr(explain, "field_bits", counting)
     why(client, {"model": "m", "messages": [*chat(99), {"role": "assistant", "content": "edited"}]})
     same_length = len(hashed)
     hashed.clear()
@@ -151,7 +151,7 @@ def record(folder, questions) -> list[str]:
     return (folder / "cachy.jsonl").read_text().splitlines(keepends=True)
 
 
-@pytest.mark.parametrize("block", [64, core._BLOCK], ids=["unfinished line longer than a block", "default"])
+@pytest.mark.parametrize("block", [64, fileio.BLOCK], ids=["unfinished line longer than a block", "default"])
 def test_an_unfinished_last_line_is_reported_once_when_another_process_finishes_it(tmp_path, monkeypatch, block):
     """A writer killed mid-line leaves an unfinished last line: the load reports it (line 3). When another
     cachy process (an xdist worker that survived) then appends, it starts with "\\n", which turns the cut line
@@ -161,7 +161,7 @@ def test_an_unfinished_last_line_is_reported_once_when_another_process_finishes_
     when `Store.read` reloads the file after finding a line damaged behind a valid start.) Suggested fix:
     remember the offset of the unfinished line reported (`self._unfinished = loaded`) and do not report a
     damaged line that starts there again."""
-    monkeypatch.setattr(core, "_BLOCK", block)
+    monkeypatch.setattr(fileio, "BLOCK", block)
     lines = record(tmp_path, [1, 2, 3])
     other = record(tmp_path / "elsewhere", [9])[0]
     (tmp_path / "cachy.jsonl").write_text(lines[0] + lines[1] + lines[2][: len(lines[2]) // 2])
@@ -193,13 +193,13 @@ def test_compaction_keeps_a_whole_last_entry_that_only_lacks_its_newline(tmp_pat
     assert len(entries(tmp_path)) == 2
 
 
-@pytest.mark.parametrize("block", [64, core._BLOCK], ids=["a line longer than a block", "default"])
+@pytest.mark.parametrize("block", [64, fileio.BLOCK], ids=["a line longer than a block", "default"])
 def test_a_whole_last_entry_without_its_newline_hits_and_later_appends_stay_lines_of_their_own(
     tmp_path, monkeypatch, block
 ):
     """The same file read live: its last entry hits without a warning; another process's append (which
     ends that line first) and this process's own append each become a line of their own."""
-    monkeypatch.setattr(core, "_BLOCK", block)
+    monkeypatch.setattr(fileio, "BLOCK", block)
     lines = record(tmp_path, [1, 2])
     other = record(tmp_path / "elsewhere", [9])[0]
     (tmp_path / "cachy.jsonl").write_text("".join(lines).rstrip("\n"))

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from helpers import CHAT, entries
 
-from cachy import CachyWarning, compact_cachy, core, disable_cachy, enable_cachy
+from cachy import CachyWarning, compact_cachy, core, disable_cachy, enable_cachy, fileio
 
 
 def ask(upstream, n: int) -> int:
@@ -112,12 +112,12 @@ def damage_cases(lines: list[str]) -> dict[str, tuple[str, list[int]]]:
     }
 
 
-@pytest.mark.parametrize("block", [64, 500, core._BLOCK], ids=["lines longer than a block", "cut lines", "default"])
+@pytest.mark.parametrize("block", [64, 500, fileio.BLOCK], ids=["lines longer than a block", "cut lines", "default"])
 @pytest.mark.parametrize("case", ["blank lines", "truncated last line", "conflict markers", "not entries"])
 def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_appends(
     tmp_path, upstream, monkeypatch, case, block
 ):
-    monkeypatch.setattr(core, "_BLOCK", block)  # the file is read in blocks: lines cut by their ends load alike
+    monkeypatch.setattr(fileio, "BLOCK", block)  # the file is read in blocks: lines cut by their ends load alike
     lines = record(tmp_path, upstream, [1, 2, 3])
     content, numbers = damage_cases(lines)[case]
     (tmp_path / "cachy.jsonl").write_text(content)
@@ -137,9 +137,9 @@ def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_app
         assert ask(upstream, 4) == recorded_after_the_damage  # a new process reads it back
 
 
-@pytest.mark.parametrize("block", [64, 500, core._BLOCK])
+@pytest.mark.parametrize("block", [64, 500, fileio.BLOCK])
 def test_a_file_of_many_lines_loads_whole_wherever_its_blocks_end(tmp_path, upstream, monkeypatch, block):
-    monkeypatch.setattr(core, "_BLOCK", block)
+    monkeypatch.setattr(fileio, "BLOCK", block)
     record(tmp_path, upstream, range(40))
     fresh_process_state()
     enable_cachy(tmp_path)

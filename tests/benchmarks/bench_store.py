@@ -63,22 +63,36 @@ def timed_us(call, count: int) -> list[float]:
     return times
 
 
-def interleaved(kinds: dict, rounds: int = 40) -> dict[str, tuple[float, float]]:
-    """Per kind of call: its median time, and the median over rounds of its ratio to the first kind's median in
-    the same round. Kinds alternate in short rounds, so a noisy moment on a shared machine weighs on all alike.
-    `kinds` maps a name to (setup, call, count); `call` gets a running number across rounds."""
-    times, ratios = {name: [] for name in kinds}, {name: [] for name in kinds}
+class Figures:
+    """The calls' times, measured in alternating rounds by `interleaved`."""
+
+    def __init__(self, rounds: list[dict[str, list[float]]]):
+        self.rounds = rounds
+
+    def median(self, name: str) -> float:
+        """The median time of one kind of call, in microseconds."""
+        return statistics.median(time for batch in self.rounds for time in batch[name])
+
+    def ratio(self, name: str, baseline: str = "plain") -> float:
+        """The median over rounds of the ratio of `name`'s median to `baseline`'s in the same round."""
+        return statistics.median(
+            statistics.median(batch[name]) / statistics.median(batch[baseline]) for batch in self.rounds
+        )
+
+
+def interleaved(kinds: dict, rounds: int = 40) -> Figures:
+    """Time each kind of call in short rounds in which all kinds alternate, so that a noisy moment on a shared
+    machine weighs on all alike. `kinds` maps a name to (setup, call, count); `call` gets a running number
+    across rounds."""
+    measured, done = [], dict.fromkeys(kinds, 0)
     for _ in range(rounds):
-        medians = {}
+        batches = {}
         for name, (setup, call, count) in kinds.items():
             setup()
-            offset = len(times[name])
-            batch = timed_us(lambda n, call=call, offset=offset: call(offset + n), max(1, count // rounds))
-            times[name] += batch
-            medians[name] = statistics.median(batch)
-        for name, median in medians.items():
-            ratios[name].append(median / next(iter(medians.values())))
-    return {name: (statistics.median(times[name]), statistics.median(ratios[name])) for name in kinds}
+            batches[name] = timed_us(lambda n, call=call, offset=done[name]: call(offset + n), max(1, count // rounds))
+            done[name] += len(batches[name])
+        measured.append(batches)
+    return Figures(measured)
 
 
 def rss_mb() -> float:
@@ -135,45 +149,84 @@ def keyed_round_trip(http: httpx.Client, payload: dict, rules: list) -> None:
     core._key(core._head(call, core.public_url(call.url)), core._normalised(call, rules)[0])
 
 
+class DictCache:
+    """The fastest cache Python allows, the floor under any hit: `Client.send` answers from a dict keyed by the
+    request's bytes, with a response built from the bytes held for them, and goes live only for bytes it lacks."""
+
+    def __init__(self):
+        self.answers: dict[bytes, bytes] = {}
+        self.original = None
+
+    def on(self) -> None:
+        disable_cachy()
+        self.original = original = httpx.Client.send
+        answers, headers = self.answers, {"content-type": "application/json"}
+
+        def send(client: httpx.Client, request: httpx.Request, **kwargs) -> httpx.Response:
+            body = answers.get(request.content)
+            if body is not None:
+                return httpx.Response(200, headers=headers, content=body, request=request)
+            response = original(client, request, **kwargs)
+            answers[request.content] = response.read()
+            return response
+
+        httpx.Client.send = send
+
+    def off(self) -> None:
+        if self.original is not None:
+            httpx.Client.send, self.original = self.original, None
+
+
 def by_request_size(http: httpx.Client, kilobytes: list[int], samples: int) -> None:
-    """Hit and miss cost as the request body grows, on a cache of 1,000 entries of that size; and the floor
-    under a miss: a plain round trip plus the computing of its key."""
+    """Hit and miss cost as the request body grows, on a cache of 1,000 entries of that size; the limit under
+    a hit (a dict of the request's bytes, `DictCache`), and the floor under a miss: a plain round trip plus the
+    computing of its key."""
     print(f"\n{samples} calls of each kind per request size, on a cache of 1,000 such entries")
-    print("| request body | plain round trip | hit | hit / plain | miss (record) | miss / plain | key only / plain |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| request body | plain round trip | dict cache (the limit) | hit | hit / limit | hit / plain "
+        "| miss (record) | miss / plain | key only / plain |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in kilobytes:
         folder, history = Path(tempfile.mkdtemp(prefix="cachy-bench-")), conversation(size)
+        limit = DictCache()
+        limit.on()
+        for n in range(1000):
+            http.post(URL, json=question(n, history))
+        limit.off()
         enable_cachy(folder)
         for n in range(1000):
             http.post(URL, json=question(n, history))
         body = len(json.dumps(question(0, history)).encode()) / 1024
         rules = cachy.core._current_engine().rules
+
+        def plain(limit: DictCache = limit) -> None:
+            limit.off()
+            disable_cachy()
+
+        def on(folder: Path = folder, limit: DictCache = limit) -> None:
+            limit.off()
+            enable_cachy(folder)
+
         figures = interleaved(
             {
-                "plain": (disable_cachy, lambda n, h=history: http.post(URL, json=question(n % 1000, h)), samples),
-                "hit": (
-                    lambda f=folder: enable_cachy(f),
-                    lambda n, h=history: http.post(URL, json=question(n % 1000, h)),
-                    samples,
-                ),
-                "miss": (
-                    lambda f=folder: enable_cachy(f),
-                    lambda n, h=history: http.post(URL, json=question(10**6 + n, h)),
-                    samples // 2,
-                ),
+                "plain": (plain, lambda n, h=history: http.post(URL, json=question(n % 1000, h)), samples),
+                "limit": (limit.on, lambda n, h=history: http.post(URL, json=question(n % 1000, h)), samples),
+                "hit": (on, lambda n, h=history: http.post(URL, json=question(n % 1000, h)), samples),
+                "miss": (on, lambda n, h=history: http.post(URL, json=question(10**6 + n, h)), samples // 2),
                 "key only": (
-                    disable_cachy,
+                    plain,
                     lambda n, h=history, r=rules: keyed_round_trip(http, question(n % 1000, h), r),
                     samples,
                 ),
             }
         )
-        disable_cachy()
-        (plain, _), (hit, hit_ratio), (miss, miss_ratio) = figures["plain"], figures["hit"], figures["miss"]
-        floor = figures["key only"][1]
+        plain()
+        times = {name: f"{figures.median(name):.0f} us" for name in ("plain", "limit", "hit", "miss")}
         print(
-            f"| {body:.0f} KB | {plain:.0f} us | {hit:.0f} us | {hit_ratio:.2f}x | {miss:.0f} us | {miss_ratio:.2f}x "
-            f"| {floor:.2f}x |"
+            f"| {body:.0f} KB | {times['plain']} | {times['limit']} | {times['hit']} | {figures.ratio('hit', 'limit'):.2f}x "
+            f"| {figures.ratio('hit'):.2f}x | {times['miss']} | {figures.ratio('miss'):.2f}x "
+            f"| {figures.ratio('key only'):.2f}x |"
         )
 
 
@@ -235,10 +288,15 @@ def by_transport(samples: int) -> None:
             }
         )
         disable_cachy()
-        (plain, _), (hit, hit_ratio), (miss, miss_ratio) = figures["plain"], figures["hit"], figures["miss"]
-        print(f"| {name} | {plain:.0f} us | {hit:.0f} us | {hit_ratio:.2f}x | {miss:.0f} us | {miss_ratio:.2f}x |")
+        print(f"| {name} | {_row(figures)} |")
     loop.run_until_complete(aio.close())
     server.shutdown()
+
+
+def _row(figures: Figures) -> str:
+    """Plain round trip, hit, hit / plain, miss, miss / plain: a row of the tables by transport and by file size."""
+    plain, hit, miss = (figures.median(name) for name in ("plain", "hit", "miss"))
+    return f"{plain:.0f} us | {hit:.0f} us | {figures.ratio('hit'):.2f}x | {miss:.0f} us | {figures.ratio('miss'):.2f}x"
 
 
 async def _aiohttp_session(aiohttp):
@@ -300,8 +358,7 @@ def main() -> None:
             }
         )
         asked, entries = asked + misses, entries + misses
-        (plain, _), (hit, hit_ratio), (miss, miss_ratio) = figures["plain"], figures["hit"], figures["miss"]
-        print(f"| {size:,} | {plain:.0f} us | {hit:.0f} us | {hit_ratio:.2f}x | {miss:.0f} us | {miss_ratio:.2f}x |")
+        print(f"| {size:,} | {_row(figures)} |")
     disable_cachy()
     cold = subprocess.run(
         [sys.executable, __file__, "--cold", str(folder), "--samples", str(min(args.samples, 1000))],
