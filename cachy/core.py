@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,20 +42,13 @@ from fastcore.meta import delegates
 from . import fileio, lines
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
+from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
 from .index import Index
 from .lazy import PatchOnImport
 from .lines import KEY_CHARS, Entry
 from .normalise import compiled_rules
 from .recording import StreamRecording
 from .stats import Outcome, Stats, usage
-
-try:
-    import httpx2
-except ImportError:  # optional: only the newest openai, anthropic and google-genai use it
-    httpx2 = None
-
-_HTTPX = tuple(module for module in (httpx, httpx2) if module is not None)
-_HTTP_ERRORS = tuple(module.HTTPError for module in _HTTPX)
 
 doms: tuple[str, ...] = (
     "api.openai.com",
@@ -781,11 +774,6 @@ if hasattr(os, "register_at_fork"):
 
 
 # ---------------------------------------------------------------------------- the httpx patch
-def _module_of(request: httpx.Request) -> Any:
-    """httpx or httpx2, whichever `request` belongs to, so the answer is of the kind the SDK expects."""
-    return httpx2 if httpx2 is not None and isinstance(request, httpx2.Request) else httpx
-
-
 @functools.cache
 def _takes_content(module: Any) -> bool:
     """Whether a response given its bytes as `_content` reads as a read one, as in httpx 0.28 and httpx2 2.x.
@@ -797,75 +785,6 @@ def _takes_content(module: Any) -> bool:
         return response.content == response.read() == b"".join(response.iter_bytes()) == b"probe"
     except Exception:
         return False
-
-
-class _LiveStream(*(m.SyncByteStream for m in _HTTPX), *(m.AsyncByteStream for m in _HTTPX)):
-    """A streamed miss's body: the live chunks reach the caller as they arrive, and the recording.
-
-    It derives from the sync and async stream classes of httpx and httpx2, because their Response checks
-    which kind of stream it was given. Closing a stream that was read from reads what is left, since SDKs
-    close right after their final event, a moment before the upstream's end. A second iteration raises
-    StreamConsumed, as httpx does: openai drains `response.stream` that way after its final event, under a
-    0.1 s timeout, then closes it, shielded from that timeout, and the close reads the rest."""
-
-    def __init__(self, live: httpx.Response, recording: StreamRecording):
-        self._live = live
-        self._recording = recording
-        self._chunks: Iterator[bytes] | None = None
-        self._achunks = None
-        self.outer: httpx.Response | None = None  # the response the caller holds: it gets `elapsed` at close
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._chunks is not None:
-            raise _module_of(self._live.request).StreamConsumed()
-        self._chunks = self._live.iter_bytes()
-        return self._read()
-
-    def __aiter__(self):
-        if self._achunks is not None:
-            raise _module_of(self._live.request).StreamConsumed()
-        self._achunks = self._live.aiter_bytes()
-        return self._aread()
-
-    def _read(self) -> Iterator[bytes]:
-        return self._recording.relay(self._chunks)
-
-    def _aread(self) -> AsyncIterator[bytes]:
-        return self._recording.arelay(self._achunks)
-
-    def close(self) -> None:
-        try:
-            if self._chunks is None:
-                self._recording.abandon("closed before it was read")
-            else:
-                for _ in self._read():
-                    pass
-        except _HTTP_ERRORS:
-            pass  # abandoned above: a truncated body is never recorded
-        finally:
-            self._live.close()
-            self._pass_elapsed()
-
-    async def aclose(self) -> None:
-        try:
-            if self._achunks is None:
-                self._recording.abandon("closed before it was read")
-            else:
-                async for _ in self._aread():
-                    pass
-        except _HTTP_ERRORS:
-            pass
-        finally:
-            await self._live.aclose()
-            self._pass_elapsed()
-
-    def _pass_elapsed(self) -> None:
-        """The caller's response gets the live one's `elapsed`, or, where httpx2 keeps none, cachy's own count."""
-        if self.outer is not None:
-            try:
-                self.outer.elapsed = self._live.elapsed
-            except RuntimeError:
-                self.outer.elapsed = datetime.timedelta(seconds=time.perf_counter() - self._recording.started)
 
 
 class _Httpx:
@@ -880,7 +799,7 @@ class _Httpx:
 
     def replay(self, entry: Entry, request: httpx.Request) -> httpx.Response:
         """A read response built from `entry`: stored bytes exactly, no stale length or encoding headers."""
-        module = _module_of(request)
+        module = module_of(request)
         response = module.Response(
             entry.status, headers=entry.headers, stream=module.ByteStream(entry.body), request=request
         )
@@ -900,8 +819,8 @@ class _Httpx:
         recording = engine.record_stream(miss, live.status_code, live.headers)
         if recording is None:
             return live
-        stream = _LiveStream(live, recording)
-        stream.outer = _module_of(request).Response(
+        stream = LiveStream(live, recording)
+        stream.outer = module_of(request).Response(
             live.status_code, headers=recording.headers, stream=stream, request=request
         )
         return stream.outer
@@ -939,7 +858,7 @@ def _patched_async(original: Callable) -> Callable:
 
 def _patch() -> None:
     """Wrap each client class's `send` once; the wrappers read the configuration at call time."""
-    for module in _HTTPX:
+    for module in HTTPX_MODULES:
         wrap(module.Client, "send", _patched_sync)
         wrap(module.AsyncClient, "send", _patched_async)
     for adapter in _ADAPTERS:

@@ -245,8 +245,8 @@ def test_without_httpx2_installed_httpx_alone_is_patched(tmp_path):
 import sys
 sys.modules["httpx2"] = None  # as if it were not installed (it needs Python 3.11; cachy runs on 3.10)
 import httpx
-from cachy import core, disable_cachy, enable_cachy
-assert core.httpx2 is None
+from cachy import disable_cachy, enable_cachy, httpx_stream
+assert httpx_stream.HTTPX_MODULES == (httpx,)
 original = httpx.Client.send
 enable_cachy({str(tmp_path)!r})
 client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json={{"live": True}})))
