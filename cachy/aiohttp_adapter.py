@@ -105,9 +105,9 @@ class _Aiohttp:
     def target(self, request: ClientRequest) -> tuple[str, str, str]:
         return request.method, str(request.url), request.url.host or ""
 
-    async def call(self, request: ClientRequest, stream: bool) -> Call:
+    async def call(self, request: ClientRequest, url: str, stream: bool) -> Call:
         body = await request.body.as_bytes() if request.body else b""  # a streamed payload keeps what it read
-        return Call(request.method, str(request.url), body, request.headers, stream)
+        return Call(request.method, url, body, request.headers, stream)
 
     def replay(self, entry: Entry, request: ClientRequest) -> ClientResponse:
         """A real ClientResponse whose body is a real StreamReader holding the stored bytes, then its end."""

@@ -713,8 +713,9 @@ class Adapter(Protocol):
     def target(self, request: Any) -> tuple[str, str, str]:
         """The request's method, URL and host: enough to route it, before its body is read."""
 
-    def call(self, request: Any, stream: bool) -> Call | Awaitable[Call]:
-        """The request as the engine reads it, its body read (awaitable, for an async transport)."""
+    def call(self, request: Any, url: str, stream: bool) -> Call | Awaitable[Call]:
+        """The request as the engine reads it, its body read (awaitable, for an async transport); `url` is
+        the one `target` gave."""
 
     def replay(self, entry: Entry, request: Any) -> Any:
         """A response of the transport's own type, built from a recorded entry."""
@@ -726,10 +727,11 @@ class Adapter(Protocol):
 def serve(adapter: Adapter, request: Any, stream: bool, send: Callable[[], Any]) -> Any:
     """One request through cachy, whichever transport sent it: routed, looked up, then replayed, or sent live
     and recorded. `send()` sends it as the transport would have without cachy."""
-    engine = route(*adapter.target(request))
+    method, url, host = adapter.target(request)
+    engine = route(method, url, host)
     if engine is None:
         return send()
-    found = engine.lookup(adapter.call(request, stream))
+    found = engine.lookup(adapter.call(request, url, stream))
     if isinstance(found, Entry):
         return adapter.replay(found, request)
     with sending():
@@ -739,10 +741,11 @@ def serve(adapter: Adapter, request: Any, stream: bool, send: Callable[[], Any])
 
 async def aserve(adapter: Adapter, request: Any, stream: bool, send: Callable[[], Awaitable[Any]]) -> Any:
     """`serve`, for an async transport: its body is read, and the request sent, with `await`."""
-    engine = route(*adapter.target(request))
+    method, url, host = adapter.target(request)
+    engine = route(method, url, host)
     if engine is None:
         return await send()
-    found = engine.lookup(await adapter.call(request, stream))
+    found = engine.lookup(await adapter.call(request, url, stream))
     if isinstance(found, Entry):
         return adapter.replay(found, request)
     with sending():
@@ -774,6 +777,9 @@ if hasattr(os, "register_at_fork"):
 
 
 # ---------------------------------------------------------------------------- the httpx patch
+_NO_TIME = datetime.timedelta(0)
+
+
 @functools.cache
 def _takes_content(module: Any) -> bool:
     """Whether a response given its bytes as `_content` reads as a read one, as in httpx 0.28 and httpx2 2.x.
@@ -793,9 +799,9 @@ class _Httpx:
     def target(self, request: httpx.Request) -> tuple[str, str, str]:
         return request.method, str(request.url), request.url.host
 
-    def call(self, request: httpx.Request, stream: bool) -> Call:
+    def call(self, request: httpx.Request, url: str, stream: bool) -> Call:
         request.read()  # a multipart upload is not read yet; reading keeps it sendable
-        return Call(request.method, str(request.url), request.content, request.headers, stream)
+        return Call(request.method, url, request.content, request.headers, stream)
 
     def replay(self, entry: Entry, request: httpx.Request) -> httpx.Response:
         """A read response built from `entry`: stored bytes exactly, no stale length or encoding headers."""
@@ -807,7 +813,7 @@ class _Httpx:
             response._content = entry.body
         else:
             response.read()
-        response.elapsed = datetime.timedelta(0)  # as a live response has once read; some code logs it
+        response.elapsed = _NO_TIME  # as a live response has once read; some code logs it
         return response
 
     def answer(self, engine: Engine, miss: Miss, request: httpx.Request, live: httpx.Response) -> httpx.Response:
@@ -829,9 +835,9 @@ class _Httpx:
 class _AsyncHttpx(_Httpx):
     """httpx's and httpx2's `AsyncClient.send`: the body is read with `await`."""
 
-    async def call(self, request: httpx.Request, stream: bool) -> Call:
+    async def call(self, request: httpx.Request, url: str, stream: bool) -> Call:
         await request.aread()
-        return Call(request.method, str(request.url), request.content, request.headers, stream)
+        return Call(request.method, url, request.content, request.headers, stream)
 
 
 _HTTPX_SYNC = _Httpx()

@@ -102,8 +102,8 @@ class _Requests:
         url = request.url or ""
         return request.method or "GET", url, urlsplit(url).hostname or ""
 
-    def call(self, request: PreparedRequest, stream: bool) -> Call:
-        return Call(request.method or "GET", request.url or "", _body(request), request.headers, stream)
+    def call(self, request: PreparedRequest, url: str, stream: bool) -> Call:
+        return Call(request.method or "GET", url, _body(request), request.headers, stream)
 
     def replay(self, entry: Entry, request: PreparedRequest) -> Response:
         """A response built from `entry` the way requests builds a live one, so it reads alike in every way."""
