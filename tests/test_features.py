@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import subprocess
 import time
 
 import anthropic
@@ -15,21 +14,26 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from helpers import CHAT, JSON, SSE, Upstream, anthropic_answer, entries, sse
+from helpers import (
+    CHAT,
+    JSON,
+    SSE,
+    Upstream,
+    answer_to,
+    anthropic_answer,
+    as_a_new_process,
+    entries,
+    git,
+    numbered,
+    old_line,
+    openai_reply,
+    sse,
+)
 
-from cachy import CachyMiss, CachyWarning, cachy, cachy_stats, compact_cachy, core, disable_cachy, enable_cachy
+from cachy import CachyMiss, CachyWarning, cachy, cachy_stats, compact_cachy, disable_cachy, enable_cachy, request_key
 from cachy.cli import main
 
 pytest_plugins = ["pytester"]
-
-
-def numbered(request, n):
-    """An upstream reply that does not echo the request: answer number n."""
-    return 200, JSON, json.dumps({"answer": n}).encode()
-
-
-def ask(client, body: dict, url: str = CHAT):
-    return client.post(url, json=body).json()["answer"]
 
 
 # ------------------------------------------------------------------- misses that explain themselves
@@ -50,10 +54,10 @@ def recorded_three(folder) -> list[str]:
     """Three recorded requests to one endpoint; the second is `request()`. Returns their keys."""
     enable_cachy(folder)
     client = Upstream(numbered).client()
-    ask(client, request(messages=[{"role": "user", "content": "Tell me a joke."}], tools=[]))
-    ask(client, request())
-    ask(client, request(model="gpt-4.1", temperature=1.0, tools=[{**TOOL, "name": "mul"}]))
-    ask(client, {"other": "endpoint"}, url="https://api.openai.com/v1/embeddings")
+    answer_to(client, request(messages=[{"role": "user", "content": "Tell me a joke."}], tools=[]))
+    answer_to(client, request())
+    answer_to(client, request(model="gpt-4.1", temperature=1.0, tools=[{**TOOL, "name": "mul"}]))
+    answer_to(client, {"other": "endpoint"}, url="https://api.openai.com/v1/embeddings")
     disable_cachy()
     return [entry["key"] for entry in entries(folder)[:3]]
 
@@ -71,7 +75,7 @@ def test_a_replay_miss_names_the_closest_entry_and_the_fields_that_differ(tmp_pa
     keys = recorded_three(tmp_path)
     enable_cachy(tmp_path, mode="replay")
     with pytest.raises(CachyMiss) as miss:
-        ask(Upstream(numbered).client(), near_the_second())
+        answer_to(Upstream(numbered).client(), near_the_second())
     message = str(miss.value)
     assert f"closest recorded request (key {keys[1]})" in message
     assert differing_fields(message) == {"temperature", "messages[2].content", "tools[0].description"}
@@ -81,7 +85,7 @@ def test_a_whole_new_list_element_is_named_once(tmp_path):
     recorded_three(tmp_path)
     enable_cachy(tmp_path, mode="replay")
     with pytest.raises(CachyMiss) as miss:
-        ask(Upstream(numbered).client(), request(messages=[*CONVERSATION, {"role": "assistant", "content": "6"}]))
+        answer_to(Upstream(numbered).client(), request(messages=[*CONVERSATION, {"role": "assistant", "content": "6"}]))
     assert differing_fields(str(miss.value)) == {"messages[4]"}
 
 
@@ -92,13 +96,13 @@ def test_a_long_conversation_is_fingerprinted_by_its_two_ends(tmp_path):
     chat = [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}"} for i in range(300)]
     enable_cachy(tmp_path)
     client = Upstream(numbered).client()
-    ask(client, request(messages=chat))
+    answer_to(client, request(messages=chat))
     assert len(entries(tmp_path)[0]["shape"].encode()) <= 200
     enable_cachy(tmp_path, mode="replay")
 
     def why(messages: list[dict]) -> str:
         with pytest.raises(CachyMiss) as miss:
-            ask(client, request(messages=messages))
+            answer_to(client, request(messages=messages))
         return str(miss.value)
 
     for changed in (3, 290):
@@ -115,14 +119,14 @@ def test_a_miss_with_nothing_recorded_for_its_endpoint_says_so(tmp_path):
     recorded_three(tmp_path)
     enable_cachy(tmp_path, mode="replay")
     with pytest.raises(CachyMiss, match=r"Nothing is recorded for POST /v1/responses"):
-        ask(Upstream(numbered).client(), {"input": "hi"}, url="https://api.openai.com/v1/responses")
+        answer_to(Upstream(numbered).client(), {"input": "hi"}, url="https://api.openai.com/v1/responses")
 
 
 def test_a_miss_that_differs_only_in_streaming_says_so(tmp_path):
     """Same endpoint, same body, read as a stream: no field differs, and the explanation must not claim one."""
     enable_cachy(tmp_path)
     client = Upstream(numbered).client()
-    ask(client, request())
+    answer_to(client, request())
     enable_cachy(tmp_path, mode="replay")
     with pytest.raises(CachyMiss) as miss, client.stream("POST", CHAT, json=request()) as response:
         response.read()
@@ -135,7 +139,7 @@ def test_a_debug_miss_prints_the_same_explanation(tmp_path, capsys):
     keys = recorded_three(tmp_path)
     enable_cachy(tmp_path, mode="replay", debug=True)
     with pytest.raises(CachyMiss) as miss:
-        ask(Upstream(numbered).client(), near_the_second())
+        answer_to(Upstream(numbered).client(), near_the_second())
     why = str(miss.value).split("Why it missed: ")[1].rstrip(".")
     err = capsys.readouterr().err
     assert "replay miss" in err and CHAT in err
@@ -145,7 +149,7 @@ def test_a_debug_miss_prints_the_same_explanation(tmp_path, capsys):
 def test_a_debug_miss_in_record_mode_prints_why_on_its_recorded_line(tmp_path, capsys):
     keys = recorded_three(tmp_path)
     enable_cachy(tmp_path, debug=True)
-    ask(Upstream(numbered).client(), near_the_second())
+    answer_to(Upstream(numbered).client(), near_the_second())
     (line,) = capsys.readouterr().err.splitlines()
     assert line.split()[1] == "recorded"
     assert f"why: The closest recorded request (key {keys[1]}) differs in " in line
@@ -178,9 +182,9 @@ def test_cachy_show_shows_the_fingerprint(tmp_path, capsys):
 def test_repeats_give_the_nth_identical_request_the_nth_answer(tmp_path):
     upstream = Upstream(numbered)
     enable_cachy(tmp_path, repeats=True)
-    assert [ask(upstream.client(), {"q": "sample"}) for _ in range(3)] == [1, 2, 3]
+    assert [answer_to(upstream.client(), {"q": "sample"}) for _ in range(3)] == [1, 2, 3]
     enable_cachy(tmp_path, repeats=True)  # a re-run
-    assert [ask(upstream.client(), {"q": "sample"}) for _ in range(4)] == [1, 2, 3, 4]
+    assert [answer_to(upstream.client(), {"q": "sample"}) for _ in range(4)] == [1, 2, 3, 4]
     assert upstream.calls == 4  # the 4th ran out of recorded answers and was recorded
     assert [entry["n"] for entry in entries(tmp_path)] == [1, 2, 3, 4]
 
@@ -189,22 +193,22 @@ def test_without_repeats_identical_requests_get_the_same_answer(tmp_path):
     """Also from a file that holds several occurrences: the first answers every time."""
     upstream = Upstream(numbered)
     enable_cachy(tmp_path / "plain")
-    assert [ask(upstream.client(), {"q": "sample"}) for _ in range(3)] == [1, 1, 1]
+    assert [answer_to(upstream.client(), {"q": "sample"}) for _ in range(3)] == [1, 1, 1]
     enable_cachy(tmp_path / "sampled", repeats=True)
-    [ask(upstream.client(), {"q": "sample"}) for _ in range(3)]
+    [answer_to(upstream.client(), {"q": "sample"}) for _ in range(3)]
     enable_cachy(tmp_path / "sampled")
-    assert [ask(upstream.client(), {"q": "sample"}) for _ in range(3)] == [2, 2, 2]
+    assert [answer_to(upstream.client(), {"q": "sample"}) for _ in range(3)] == [2, 2, 2]
     assert upstream.calls == 4
 
 
 def test_repeats_in_replay_name_the_occurrence_that_ran_out(tmp_path):
     upstream = Upstream(numbered)
     with cachy(cache_dir=tmp_path, repeats=True):
-        [ask(upstream.client(), {"q": "sample"}) for _ in range(3)]
+        [answer_to(upstream.client(), {"q": "sample"}) for _ in range(3)]
     with cachy(cache_dir=tmp_path, repeats=True, mode="replay"):
-        assert [ask(upstream.client(), {"q": "sample"}) for _ in range(3)] == [1, 2, 3]
+        assert [answer_to(upstream.client(), {"q": "sample"}) for _ in range(3)] == [1, 2, 3]
         with pytest.raises(CachyMiss) as miss:
-            ask(upstream.client(), {"q": "sample"})
+            answer_to(upstream.client(), {"q": "sample"})
     assert "occurrence 4" in str(miss.value)
     assert "recorded 3 times" in str(miss.value)
     assert upstream.calls == 3
@@ -215,8 +219,8 @@ def test_repeats_count_requests_that_differ_only_in_noise_as_identical(tmp_path)
     ignores (a per-call prompt_cache_key, a memory address) are the 1st and 2nd occurrence of one request."""
     upstream = Upstream(numbered)
     enable_cachy(tmp_path, repeats=True)
-    first = ask(upstream.client(), {"q": "sample", "prompt_cache_key": "call-1"})
-    second = ask(upstream.client(), {"q": "sample", "prompt_cache_key": "call-2"})
+    first = answer_to(upstream.client(), {"q": "sample", "prompt_cache_key": "call-1"})
+    second = answer_to(upstream.client(), {"q": "sample", "prompt_cache_key": "call-2"})
     assert (first, second) == (1, 2)
     assert [entry["n"] for entry in entries(tmp_path)] == [1, 2]
 
@@ -224,9 +228,9 @@ def test_repeats_count_requests_that_differ_only_in_noise_as_identical(tmp_path)
 def test_compaction_keeps_every_occurrence_in_order_and_the_last_duplicate_wins(tmp_path):
     upstream = Upstream(numbered)
     enable_cachy(tmp_path, repeats=True)
-    [ask(upstream.client(), {"q": "sample"}) for _ in range(3)]
+    [answer_to(upstream.client(), {"q": "sample"}) for _ in range(3)]
     enable_cachy(tmp_path, repeats=True, mode="refresh")
-    [ask(upstream.client(), {"q": "sample"}) for _ in range(2)]  # occurrences 1 and 2 again: answers 4 and 5
+    [answer_to(upstream.client(), {"q": "sample"}) for _ in range(2)]  # occurrences 1 and 2 again: answers 4 and 5
     disable_cachy()
     result = compact_cachy(tmp_path)
     assert (result.kept, result.duplicates) == (3, 2)
@@ -236,11 +240,7 @@ def test_compaction_keeps_every_occurrence_in_order_and_the_last_duplicate_wins(
         (3, 3),
     ]
     enable_cachy(tmp_path, repeats=True, mode="replay")
-    assert [ask(upstream.client(), {"q": "sample"}) for _ in range(3)] == [4, 5, 3]
-
-
-def git(folder, *args) -> str:
-    return subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True, text=True).stdout
+    assert [answer_to(upstream.client(), {"q": "sample"}) for _ in range(3)] == [4, 5, 3]
 
 
 def test_a_union_merge_of_two_branches_of_repeats_replays_a_complete_sequence(tmp_path):
@@ -250,7 +250,7 @@ def test_a_union_merge_of_two_branches_of_repeats_replays_a_complete_sequence(tm
     def record(branch: str, times: int) -> None:
         upstream = Upstream(lambda request, n: (200, JSON, json.dumps({"answer": f"{branch}{n}"}).encode()))
         enable_cachy(tmp_path, repeats=True)
-        [ask(upstream.client(), {"q": "sample"}) for _ in range(times)]
+        [answer_to(upstream.client(), {"q": "sample"}) for _ in range(times)]
         disable_cachy()
 
     git(tmp_path, "init", "-q", "-b", "main")
@@ -258,7 +258,7 @@ def test_a_union_merge_of_two_branches_of_repeats_replays_a_complete_sequence(tm
     git(tmp_path, "config", "user.name", "t")
     (tmp_path / ".gitattributes").write_text("cachy.jsonl merge=union\n")
     enable_cachy(tmp_path)
-    ask(Upstream(numbered).client(), {"q": "base"})
+    answer_to(Upstream(numbered).client(), {"q": "base"})
     disable_cachy()
     git(tmp_path, "add", ".")
     git(tmp_path, "commit", "-qm", "base")
@@ -270,15 +270,15 @@ def test_a_union_merge_of_two_branches_of_repeats_replays_a_complete_sequence(tm
     git(tmp_path, "commit", "-qam", "b")
     git(tmp_path, "merge", "-q", "a", "-m", "merge")
     assert len(entries(tmp_path)) == 6
-    core._stores.clear()  # a new process
+    as_a_new_process()
 
     enable_cachy(tmp_path, repeats=True, mode="replay")
     client = Upstream(numbered).client()
-    answers = [ask(client, {"q": "sample"}) for _ in range(3)]
+    answers = [answer_to(client, {"q": "sample"}) for _ in range(3)]
     assert [answer[1:] for answer in answers] == ["1", "2", "3"]
     assert len(set(answers)) == 3
     with pytest.raises(CachyMiss, match="occurrence 4"):
-        ask(client, {"q": "sample"})
+        answer_to(client, {"q": "sample"})
 
 
 INNER_REPEATS = """
@@ -327,61 +327,6 @@ def slow(reply):
         return reply(request, n)
 
     return answer
-
-
-def openai_reply(request, n):
-    body = json.loads(request.content)
-    if request.url.path.endswith("/responses"):
-        response = {
-            "id": f"resp_{n}",
-            "object": "response",
-            "created_at": 1,
-            "model": body["model"],
-            "status": "completed",
-            "parallel_tool_calls": True,
-            "tool_choice": "auto",
-            "tools": [],
-            "output": [
-                {
-                    "id": "msg_1",
-                    "type": "message",
-                    "role": "assistant",
-                    "status": "completed",
-                    "content": [{"type": "output_text", "text": f"response {n}", "annotations": []}],
-                }
-            ],
-            "usage": {
-                "input_tokens": 21,
-                "output_tokens": 8,
-                "total_tokens": 29,
-                "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens_details": {"reasoning_tokens": 0},
-            },
-        }
-        if not body.get("stream"):
-            return 200, JSON, json.dumps(response).encode()
-        created = {**response, "status": "in_progress", "output": [], "usage": None}
-        return (
-            200,
-            SSE,
-            sse(
-                [
-                    ("response.created", {"type": "response.created", "sequence_number": 0, "response": created}),
-                    ("response.completed", {"type": "response.completed", "sequence_number": 1, "response": response}),
-                ]
-            ),
-        )
-    chunk = {"id": f"c{n}", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
-    usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-    if body.get("stream"):
-        delta = {"index": 0, "delta": {"content": f"streamed {n}"}, "finish_reason": "stop"}
-        events = [
-            (None, {**chunk, "choices": [delta], "usage": None}),
-            (None, {**chunk, "choices": [], "usage": usage}),
-        ]
-        return 200, SSE, sse([*events, (None, "[DONE]")])
-    message = {"index": 0, "message": {"role": "assistant", "content": f"answer {n}"}, "finish_reason": "stop"}
-    return 200, JSON, json.dumps({**chunk, "object": "chat.completion", "choices": [message], "usage": usage}).encode()
 
 
 def anthropic_reply(request, n):
@@ -512,20 +457,6 @@ def test_a_stream_that_opens_with_an_sse_comment_reports_its_usage(tmp_path):
     assert entries(tmp_path)[0]["usage"] == {"input": 11, "output": 7}
 
 
-def old_line(key: str, answer: int) -> str:
-    """A line as cachy wrote it before it kept dates, durations and usage (key version 1)."""
-    return json.dumps(
-        {
-            "key": key,
-            "method": "POST",
-            "url": CHAT,
-            "status_code": 200,
-            "headers": JSON,
-            "response": json.dumps({"answer": answer, "usage": {"prompt_tokens": 3, "completion_tokens": 4}}),
-        }
-    )
-
-
 def test_cachy_stats_shows_the_recording_dates_and_what_a_replay_saves(tmp_path, capsys):
     enable_cachy(tmp_path)
     client = Upstream(slow(openai_reply)).client()
@@ -536,7 +467,7 @@ def test_cachy_stats_shows_the_recording_dates_and_what_a_replay_saves(tmp_path,
     seconds = sum(json.loads(line)["seconds"] for line in lines)
     dates = iter(["2025-03-04T05:06:07+00:00", "2024-01-02T03:04:05+00:00"])
     lines = [re.sub(r'"recorded_at": "[^"]*"', f'"recorded_at": "{next(dates)}"', line) for line in lines]
-    old = old_line(core.request_key(httpx.Request("POST", CHAT, json={"q": "old"})), 0)
+    old = old_line(request_key(httpx.Request("POST", CHAT, json={"q": "old"})), 0)
     (tmp_path / "cachy.jsonl").write_text("\n".join([*lines, old]) + "\n")
     assert main(["stats", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -545,11 +476,11 @@ def test_cachy_stats_shows_the_recording_dates_and_what_a_replay_saves(tmp_path,
 
 
 def test_entries_recorded_before_count_no_savings_and_break_nothing(tmp_path, capsys):
-    key = core.request_key(httpx.Request("POST", CHAT, json={"q": "old"}))
+    key = request_key(httpx.Request("POST", CHAT, json={"q": "old"}))
     (tmp_path / "cachy.jsonl").write_text(old_line(key, 7) + "\n")
     enable_cachy(tmp_path, mode="replay")
     with pytest.warns(CachyWarning, match="1 by key version 1"):
-        assert ask(Upstream(numbered).client(), {"q": "old"}) == 7
+        assert answer_to(Upstream(numbered).client(), {"q": "old"}) == 7
     stats = cachy_stats()
     assert (stats.hits, stats.saved_seconds, stats.saved_input_tokens, stats.saved_output_tokens) == (1, 0, 0, 0)
     assert str(stats) == "1 hits, 0 recorded, 0 passed through, 0 replay misses"
@@ -560,23 +491,23 @@ def test_entries_recorded_before_count_no_savings_and_break_nothing(tmp_path, ca
 
 
 def test_a_miss_against_entries_without_fingerprints_still_explains(tmp_path):
-    key = core.request_key(httpx.Request("POST", CHAT, json={"q": "old"}))
+    key = request_key(httpx.Request("POST", CHAT, json={"q": "old"}))
     (tmp_path / "cachy.jsonl").write_text(old_line(key, 7) + "\n")
     enable_cachy(tmp_path, mode="replay")
     with pytest.warns(CachyWarning), pytest.raises(CachyMiss, match="none with a fingerprint"):
-        ask(Upstream(numbered).client(), {"q": "new"})
+        answer_to(Upstream(numbered).client(), {"q": "new"})
 
 
 def test_savings_fields_that_are_null_count_nothing_and_break_nothing(tmp_path, capsys):
     """A hit already reads such a line as "no savings known"; `cachy stats` must read it the same way."""
     enable_cachy(tmp_path)
-    ask(Upstream(numbered).client(), {"q": 1})
+    answer_to(Upstream(numbered).client(), {"q": 1})
     disable_cachy()
     entry = {**entries(tmp_path)[0], "recorded_at": None, "seconds": None, "usage": None}
     (tmp_path / "cachy.jsonl").write_text(json.dumps(entry) + "\n")
-    core._stores.clear()
+    as_a_new_process()
     enable_cachy(tmp_path, mode="replay")
-    assert ask(Upstream(numbered).client(), {"q": 1}) == 1
+    assert answer_to(Upstream(numbered).client(), {"q": 1}) == 1
     assert (cachy_stats().hits, cachy_stats().saved_seconds) == (1, 0)
     assert main(["stats", str(tmp_path)]) == 0
     assert "saves 0.0 s and 0 tokens" in capsys.readouterr().out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -11,31 +10,23 @@ import threading
 
 import httpx
 import pytest
-from helpers import CHAT, SSE, Upstream, entries, json_reply
+from helpers import CHAT, SSE, Upstream, counting, engine_in_use, entries, hand_edit, n_of
 
-from cachy import CachyMiss, cachy, cachy_stats, compact_cachy, core, disable_cachy, enable_cachy, no_cachy
+from cachy import CachyMiss, cachy, cachy_stats, compact_cachy, core, disable_cachy, enable_cachy, no_cachy, request_key
 from cachy.cli import main
 
 
-def numbered() -> Upstream:
-    return Upstream(json_reply(lambda request, n: {"n": n}))
-
-
-def ask(client, body: dict, **kwargs) -> int:
-    return client.post(CHAT, json=body, **kwargs).json()["n"]
-
-
 def key_of(text: str) -> str:
-    return core.request_key(httpx.Request("POST", CHAT, json={"messages": [{"role": "user", "content": text}]}))
+    return request_key(httpx.Request("POST", CHAT, json={"messages": [{"role": "user", "content": text}]}))
 
 
 # ------------------------------------------------------------------------------------ the key
 def test_a_long_run_of_slashes_is_normalised_in_linear_time(tmp_path):
     """The site-packages rule once re-scanned from every slash: 120 KB of `/ab` took two minutes."""
     script = (
-        "import json, httpx; from cachy import core\n"
+        "import json, httpx; from cachy import request_key\n"
         "body = json.dumps({'m': '/ab' * 40_000 + ' 2024/01/02,' * 2_000})\n"
-        "core.request_key(httpx.Request('POST', 'https://api.openai.com/v1/x', content=body.encode()))\n"
+        "request_key(httpx.Request('POST', 'https://api.openai.com/v1/x', content=body.encode()))\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=30, cwd=tmp_path)
 
@@ -53,7 +44,7 @@ def test_a_notebook_traceback_keys_alike_on_linux_and_macos():
 
 def test_beta_headers_change_the_key_and_other_headers_do_not():
     def key(headers: dict) -> str:
-        return core.request_key(httpx.Request("POST", CHAT, json={"q": 1}, headers=headers))
+        return request_key(httpx.Request("POST", CHAT, json={"q": 1}, headers=headers))
 
     assert key({"anthropic-beta": "context-1m"}) != key({})
     assert key({"openai-beta": "assistants=v2"}) != key({})
@@ -76,28 +67,28 @@ def test_secrets_in_other_corners_of_a_url_stay_out(url, secret):
 # ---------------------------------------------------------------------------------- the file
 def test_a_file_replaced_by_rename_is_read_again_before_a_replay_miss(tmp_path):
     """A git checkout or pull replaces the file: its entries hit at once, without a re-enable."""
-    upstream = numbered()
+    upstream = counting()
     client = upstream.client()
     enable_cachy(tmp_path / "other")
-    ask(client, {"q": "other"})
+    n_of(client, {"q": "other"})
     enable_cachy(tmp_path / "d")
-    ask(client, {"q": "mine"})
+    n_of(client, {"q": "mine"})
     enable_cachy(tmp_path / "d", mode="replay")
-    assert ask(client, {"q": "mine"}) == 2
+    assert n_of(client, {"q": "mine"}) == 2
     merged = (tmp_path / "d" / "cachy.jsonl").read_bytes() + (tmp_path / "other" / "cachy.jsonl").read_bytes()
     (tmp_path / "d" / "new").write_bytes(merged)
     os.replace(tmp_path / "d" / "new", tmp_path / "d" / "cachy.jsonl")
-    assert ask(client, {"q": "other"}) == 1
+    assert n_of(client, {"q": "other"}) == 1
     assert upstream.calls == 2
 
 
 def test_a_deleted_file_is_started_afresh_and_keeps_recording(tmp_path):
-    upstream = numbered()
+    upstream = counting()
     client = upstream.client()
     enable_cachy(tmp_path)
-    ask(client, {"q": 1})
+    n_of(client, {"q": 1})
     (tmp_path / "cachy.jsonl").unlink()
-    assert ask(client, {"q": 2}) == 2
+    assert n_of(client, {"q": 2}) == 2
     assert [entry["response"] for entry in entries(tmp_path)] == ['{"n": 2}']
 
 
@@ -111,7 +102,7 @@ def test_another_programs_json_lines_are_no_entries(tmp_path):
 
 def test_compaction_keeps_the_good_copy_when_a_later_one_is_damaged(tmp_path):
     enable_cachy(tmp_path)
-    numbered().client().post(CHAT, json={"q": 1})
+    counting().client().post(CHAT, json={"q": 1})
     disable_cachy()
     path = tmp_path / "cachy.jsonl"
     good = path.read_text()
@@ -122,42 +113,36 @@ def test_compaction_keeps_the_good_copy_when_a_later_one_is_damaged(tmp_path):
     assert path.read_text() == good
 
 
-def hand_edit(tmp_path, **fields) -> None:
-    path = tmp_path / "cachy.jsonl"
-    entry = json.loads(path.read_text())
-    path.write_text(json.dumps({**entry, **fields}) + "\n")
-
-
 def test_a_stored_header_cachy_never_writes_cannot_break_a_hit(tmp_path):
-    upstream = numbered()
+    upstream = counting()
     enable_cachy(tmp_path)
-    ask(upstream.client(), {"q": 1})
+    n_of(upstream.client(), {"q": 1})
     hand_edit(tmp_path, headers={"content-type": "application/json", "content-encoding": "gzip"})
     enable_cachy(tmp_path)
-    assert ask(upstream.client(), {"q": 1}) == 1
+    assert n_of(upstream.client(), {"q": 1}) == 1
 
 
 def test_a_saved_time_that_is_no_number_counts_nothing(tmp_path, capsys):
-    upstream = numbered()
+    upstream = counting()
     enable_cachy(tmp_path)
-    ask(upstream.client(), {"q": 1})
+    n_of(upstream.client(), {"q": 1})
     (tmp_path / "cachy.jsonl").write_text(
         (tmp_path / "cachy.jsonl").read_text().replace('"seconds": 0.0', '"seconds": NaN')
     )
     enable_cachy(tmp_path)
-    assert ask(upstream.client(), {"q": 1}) == 1
+    assert n_of(upstream.client(), {"q": 1}) == 1
     assert "1 hits" in str(cachy_stats())
     assert main(["stats", str(tmp_path)]) == 0
 
 
 def test_a_damaged_fingerprint_leaves_a_replay_miss_a_clear_miss(tmp_path):
-    upstream = numbered()
+    upstream = counting()
     enable_cachy(tmp_path)
-    ask(upstream.client(), {"q": 1})
+    n_of(upstream.client(), {"q": 1})
     hand_edit(tmp_path, shape="oops")
     enable_cachy(tmp_path, mode="replay")
     with pytest.raises(CachyMiss, match="none with a fingerprint"):
-        ask(upstream.client(), {"q": 2})
+        n_of(upstream.client(), {"q": 2})
 
 
 # ------------------------------------------------------------------------------- what is recorded
@@ -179,11 +164,11 @@ def test_an_error_event_in_a_streamed_200_is_not_recorded(tmp_path):
 
 # ------------------------------------------------------------------------------------ switches
 def test_cachy_and_no_cachy_decorate_generators_while_they_run(tmp_path):
-    upstream = numbered()
+    upstream = counting()
 
     @cachy(cache_dir=tmp_path)
     def cached():
-        yield ask(upstream.client(), {"q": 1})
+        yield n_of(upstream.client(), {"q": 1})
 
     @cachy(cache_dir=tmp_path)
     async def cached_async():
@@ -198,13 +183,13 @@ def test_cachy_and_no_cachy_decorate_generators_while_they_run(tmp_path):
 
     @no_cachy()
     def live():
-        yield ask(upstream.client(), {"q": 1})
+        yield n_of(upstream.client(), {"q": 1})
 
     assert list(live()) == [2]
 
 
 def test_no_cachy_left_in_another_task_does_not_bypass_forever(tmp_path):
-    upstream = numbered()
+    upstream = counting()
     enable_cachy(tmp_path)
     switch = no_cachy()
 
@@ -230,11 +215,11 @@ def test_a_cachy_block_left_in_another_thread_or_out_of_order_restores_what_was_
     leaving = threading.Thread(target=block.__exit__, args=(None, None, None))
     leaving.start()
     leaving.join()
-    assert core._current_engine() is None
+    assert engine_in_use() is None
     outer, inner = cachy(cache_dir=tmp_path / "outer"), cachy(cache_dir=tmp_path / "inner")
     outer.__enter__()
     inner.__enter__()
     outer.__exit__(None, None, None)  # out of order: the inner block still holds
-    assert core._current_engine().store.path.parent == tmp_path / "inner"
+    assert engine_in_use().store.path.parent == tmp_path / "inner"
     inner.__exit__(None, None, None)
-    assert core._current_engine() is None
+    assert engine_in_use() is None

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import httpx2
 import pytest
-from helpers import Upstream, entries
+from helpers import Upstream, as_a_new_process, entries
 
 from cachy import CachyWarning, core, disable_cachy, enable_cachy, normalise, request_key
 from cachy.cli import main
@@ -339,7 +339,7 @@ def mixed_file(tmp_path):
     with pytest.warns(CachyWarning):
         Upstream(lambda request, n: (200, {}, b'{"new": 3}')).client().post(URL, json=chat("q3"))
     disable_cachy()
-    core._stores.clear()  # as a new process
+    as_a_new_process()
     return tmp_path / "cachy.jsonl"
 
 

@@ -27,7 +27,7 @@ import httpx
 import httpx2
 import openai
 import pytest
-from helpers import CHAT, SSE, Upstream, chunked, entries, json_reply
+from helpers import CHAT, MESSAGES, SSE, Upstream, ask, chunked, entries, fresh_cache, json_reply, record
 
 from cachy import (
     CachyMiss,
@@ -35,7 +35,6 @@ from cachy import (
     cachy,
     cachy_stats,
     compact_cachy,
-    disable_cachy,
     enable_cachy,
     no_cachy,
     request_key,
@@ -43,30 +42,7 @@ from cachy import (
 from cachy.cli import main
 
 EVENTS = [b"event: a\ndata: 1\n\n", b"event: b\ndata: 2\n\n", b"event: c\ndata: 3\n\n"]
-MESSAGES = [{"role": "user", "content": "hi"}]
 NOT_SAVED = r"(?i)not saved"  # what the warning about an entry that could not be written must say
-
-
-def ask(upstream: Upstream, question, url: str = CHAT) -> int:
-    """Send question `question`; the answer says which upstream call produced it."""
-    return upstream.client().post(url, json={"q": question}).json()["n"]
-
-
-def record(folder: Path, upstream: Upstream, questions) -> list[str]:
-    """Record `questions` into folder/cachy.jsonl and return its lines."""
-    enable_cachy(folder)
-    for question in questions:
-        ask(upstream, question)
-    disable_cachy()
-    return (folder / "cachy.jsonl").read_text().splitlines(keepends=True)
-
-
-def fresh_cache(folder: Path, content: str | bytes) -> Path:
-    """A folder this process has never loaded, whose cachy.jsonl holds `content`: as a new process would see it."""
-    folder.mkdir(parents=True)
-    data = content.encode() if isinstance(content, str) else content
-    (folder / "cachy.jsonl").write_bytes(data)
-    return folder
 
 
 def key_of(line: str) -> str:

@@ -7,34 +7,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import CHAT, JSON, Upstream, entries
+from helpers import CHAT, JSON, Upstream, answer_to, as_a_new_process, entries, numbered
 
-from cachy import CachyMiss, CachyWarning, compact_cachy, core, disable_cachy, enable_cachy, explain, fileio
-
-
-def numbered(request, n):
-    """An upstream reply that does not echo the request: answer number n."""
-    return 200, JSON, json.dumps({"answer": n}).encode()
-
-
-def ask(client, body: dict) -> int:
-    return client.post(CHAT, json=body).json()["answer"]
+from cachy import CachyMiss, CachyWarning, compact_cachy, disable_cachy, enable_cachy, explain, fileio
 
 
 def why(client, body: dict) -> str:
     """The explanation of a replay miss."""
     with pytest.raises(CachyMiss) as miss:
-        ask(client, body)
+        answer_to(client, body)
     return str(miss.value)
 
 
 def chat(length: int) -> list[dict]:
     return [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}"} for i in range(length)]
-
-
-def fresh_process_state():
-    """Forget the loaded index, as a new process (or notebook kernel) would."""
-    core._stores.clear()
 
 
 # --------------------------------------------------------------------- fingerprints of requests
@@ -63,7 +49,7 @@ def test_a_replay_miss_of_a_body_with_an_escaped_lone_surrogate_is_a_cachy_miss(
     the pytest plugin and users catching CachyMiss see an unrelated crash, without the explanation.
     Expected: a CachyMiss that explains itself like any other."""
     enable_cachy(tmp_path)
-    ask(Upstream(numbered).client(), {"model": "m", "messages": [{"role": "user", "content": "hello"}]})
+    answer_to(Upstream(numbered).client(), {"model": "m", "messages": [{"role": "user", "content": "hello"}]})
     enable_cachy(tmp_path, mode="replay")
     with pytest.raises(CachyMiss):
         Upstream(numbered).client().post(CHAT, content=SURROGATE_BODY.encode(), headers=JSON)
@@ -76,7 +62,7 @@ def test_a_long_list_of_another_length_is_named_as_a_range_not_miscounted(tmp_pa
     and claims no count it cannot know."""
     client = Upstream(numbered).client()
     enable_cachy(tmp_path)
-    ask(client, {"model": "m", "messages": chat(300)})
+    answer_to(client, {"model": "m", "messages": chat(300)})
     enable_cachy(tmp_path, mode="replay")
     message = why(client, {"model": "m", "messages": chat(100)})
     assert message.endswith("differs in messages[100:300].")
@@ -97,7 +83,7 @@ def test_a_long_chats_miss_hashes_only_the_window_also_against_a_shorter_recorde
     the same holds, except for fingerprints written before the suffix existed (mark the new ones)."""
     client = Upstream(numbered).client()
     enable_cachy(tmp_path)
-    ask(client, {"model": "m", "messages": chat(100)})
+    answer_to(client, {"model": "m", "messages": chat(100)})
     enable_cachy(tmp_path, mode="replay")
     hashed, bits = [], explain.field_bits
 
@@ -146,7 +132,7 @@ def record(folder, questions) -> list[str]:
     enable_cachy(folder)
     client = Upstream(numbered).client()
     for n in questions:
-        ask(client, {"question": n})
+        answer_to(client, {"question": n})
     disable_cachy()
     return (folder / "cachy.jsonl").read_text().splitlines(keepends=True)
 
@@ -165,14 +151,14 @@ def test_an_unfinished_last_line_is_reported_once_when_another_process_finishes_
     lines = record(tmp_path, [1, 2, 3])
     other = record(tmp_path / "elsewhere", [9])[0]
     (tmp_path / "cachy.jsonl").write_text(lines[0] + lines[1] + lines[2][: len(lines[2]) // 2])
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path)
     client = Upstream(numbered).client()
     with pytest.warns(CachyWarning) as warned:
-        assert ask(client, {"question": 1}) == 1
+        assert answer_to(client, {"question": 1}) == 1
         with open(tmp_path / "cachy.jsonl", "a") as file:
             file.write("\n" + other)  # what another process's `Store.append` writes after a cut line
-        assert ask(client, {"question": 9}) == 1  # its entry: a hit, read from the grown file
+        assert answer_to(client, {"question": 9}) == 1  # its entry: a hit, read from the grown file
     reports = [str(warning.message) for warning in warned if "damaged" in str(warning.message)]
     assert len(reports) == 1, reports
 
@@ -203,15 +189,15 @@ def test_a_whole_last_entry_without_its_newline_hits_and_later_appends_stay_line
     lines = record(tmp_path, [1, 2])
     other = record(tmp_path / "elsewhere", [9])[0]
     (tmp_path / "cachy.jsonl").write_text("".join(lines).rstrip("\n"))
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path)
     client = Upstream(numbered).client()
-    assert [ask(client, {"question": n}) for n in (1, 2)] == [1, 2]  # a CachyWarning would fail the test
+    assert [answer_to(client, {"question": n}) for n in (1, 2)] == [1, 2]  # a CachyWarning would fail the test
     with open(tmp_path / "cachy.jsonl", "a") as file:
         file.write("\n" + other)  # what another process's append writes after a line without its newline
-    assert ask(client, {"question": 9}) == 1
-    assert ask(client, {"question": 3}) == 1  # a miss, recorded by this process
+    assert answer_to(client, {"question": 9}) == 1
+    assert answer_to(client, {"question": 3}) == 1  # a miss, recorded by this process
     assert [entry["response"] for entry in entries(tmp_path)] == [json.dumps({"answer": n}) for n in (1, 2, 1, 1)]
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path, mode="replay")
-    assert [ask(client, {"question": n}) for n in (1, 2, 9, 3)] == [1, 2, 1, 1]
+    assert [answer_to(client, {"question": n}) for n in (1, 2, 9, 3)] == [1, 2, 1, 1]

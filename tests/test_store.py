@@ -9,28 +9,9 @@ import sys
 import textwrap
 
 import pytest
-from helpers import CHAT, entries
+from helpers import CHAT, as_a_new_process, ask, entries, git, record
 
-from cachy import CachyWarning, compact_cachy, core, disable_cachy, enable_cachy, fileio
-
-
-def ask(upstream, n: int) -> int:
-    """Send request number `n`; the answer says which upstream call produced it."""
-    return upstream.client().post(CHAT, json={"question": n}).json()["n"]
-
-
-def record(folder, upstream, questions) -> list[str]:
-    """Record `questions` into folder/cachy.jsonl and return its lines."""
-    enable_cachy(folder)
-    for n in questions:
-        ask(upstream, n)
-    disable_cachy()
-    return (folder / "cachy.jsonl").read_text().splitlines(keepends=True)
-
-
-def fresh_process_state():
-    """Forget the loaded index, as a new process (or notebook kernel) would."""
-    core._stores.clear()
+from cachy import CachyWarning, compact_cachy, core, enable_cachy, fileio
 
 
 # ------------------------------------------------------------------------------- index and appends
@@ -69,7 +50,7 @@ def test_the_index_sees_what_another_process_appended(tmp_path, upstream):
         enable_cachy({str(tmp_path)!r})
         answer = lambda request: httpx.Response(200, json={{"n": "from the other process"}})
         client = httpx.Client(transport=httpx.MockTransport(answer))
-        client.post({CHAT!r}, json={{"question": 2}})
+        client.post({CHAT!r}, json={{"q": 2}})
     """
     subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=True)
     assert ask(upstream, 2) == "from the other process"
@@ -121,7 +102,7 @@ def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_app
     lines = record(tmp_path, upstream, [1, 2, 3])
     content, numbers = damage_cases(lines)[case]
     (tmp_path / "cachy.jsonl").write_text(content)
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path)
     with pytest.warns(CachyWarning) as warned:
         intact = [ask(upstream, n) for n in (1, 2, 3)]
@@ -131,7 +112,7 @@ def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_app
     assert [intact[n - 1] for n in expected_hits] == expected_hits
     recorded_after_the_damage = ask(upstream, 4)
     assert recorded_after_the_damage == upstream.calls
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path)
     with pytest.warns(CachyWarning):
         assert ask(upstream, 4) == recorded_after_the_damage  # a new process reads it back
@@ -141,7 +122,7 @@ def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_app
 def test_a_file_of_many_lines_loads_whole_wherever_its_blocks_end(tmp_path, upstream, monkeypatch, block):
     monkeypatch.setattr(fileio, "BLOCK", block)
     record(tmp_path, upstream, range(40))
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path)
     assert [ask(upstream, n) for n in range(40)] == list(range(1, 41))
     assert upstream.calls == 40
@@ -150,7 +131,7 @@ def test_a_file_of_many_lines_loads_whole_wherever_its_blocks_end(tmp_path, upst
 def test_a_line_damaged_behind_a_valid_start_is_a_miss_not_a_failure(tmp_path, upstream):
     lines = record(tmp_path, upstream, [1, 2])
     (tmp_path / "cachy.jsonl").write_text(lines[0].replace('"response"', '"resp', 1) + lines[1])
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path)
     with pytest.warns(CachyWarning, match=r"damaged line 1 "):
         assert ask(upstream, 1) == 3  # went live and recorded again
@@ -162,7 +143,7 @@ def test_the_last_of_duplicate_keys_wins(tmp_path, upstream):
     lines = record(tmp_path, upstream, [1])
     newer = lines[0].replace('\\"n\\": 1', '\\"n\\": 2')
     (tmp_path / "cachy.jsonl").write_text(lines[0] + newer)
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path)
     assert ask(upstream, 1) == 2
 
@@ -203,8 +184,6 @@ def test_compact_is_atomic_a_failure_leaves_the_original_whole(tmp_path, upstrea
 
 
 # ----------------------------------------------------------------------------------------- git
-def git(folder, *args) -> str:
-    return subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True, text=True).stdout
 
 
 def test_a_union_merge_of_two_branches_replays_both(tmp_path, upstream):
@@ -222,7 +201,7 @@ def test_a_union_merge_of_two_branches_replays_both(tmp_path, upstream):
     record(tmp_path, upstream, [3])
     git(tmp_path, "commit", "-qam", "main")
     git(tmp_path, "merge", "-q", "feature", "-m", "merge")
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path, mode="replay")
     assert [ask(upstream, n) for n in (0, 1, 2, 3)] == [1, 2, 3, 4]
     assert upstream.calls == 4

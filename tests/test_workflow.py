@@ -9,9 +9,9 @@ import threading
 
 import httpx
 import pytest
-from helpers import CHAT, entries
+from helpers import CHAT, engine_in_use, entries
 
-from cachy import CachyMiss, cachy, cachy_stats, core, disable_cachy, enable_cachy, no_cachy, prune_cachy
+from cachy import CachyMiss, cachy, cachy_stats, disable_cachy, enable_cachy, no_cachy, prune_cachy, request_key
 
 
 # ---------------------------------------------------------------------------------------- modes
@@ -26,7 +26,7 @@ def test_replay_miss_is_a_clear_exception_naming_what_to_do(tmp_path, upstream):
     assert str(tmp_path / "cachy.jsonl") in message
     assert "record" in message and "API key" in message
     key = message.split("(key ")[1][:16]
-    assert core.request_key(httpx.Request("POST", url, json={"q": 1})) == key
+    assert request_key(httpx.Request("POST", url, json={"q": 1})) == key
     assert upstream.calls == 0
     assert cachy_stats().replay_misses == 1
 
@@ -118,7 +118,7 @@ def test_cachy_block_restores_the_previous_configuration(tmp_path, upstream):
     disable_cachy()
     with cachy(cache_dir=tmp_path / "inner"):
         pass
-    assert core._current_engine() is None
+    assert engine_in_use() is None
     assert httpx.Client.send is httpx.Client.__dict__["send"] and not hasattr(httpx.Client.send, "__wrapped__")
 
 
@@ -138,7 +138,7 @@ def test_switches_work_as_decorators_of_plain_and_async_functions(tmp_path, upst
             return (await client.post(CHAT, json={})).json()["n"]
 
     assert [cached_call(), cached_call(), asyncio.run(cached_async_call())] == [1, 1, 1]
-    assert core._current_engine() is None
+    assert engine_in_use() is None
     enable_cachy(tmp_path)
     assert asyncio.run(live_async_call()) == 2
 
