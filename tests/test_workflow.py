@@ -143,37 +143,6 @@ def test_switches_work_as_decorators_of_plain_and_async_functions(tmp_path, upst
     assert asyncio.run(live_async_call()) == 2
 
 
-# ------------------------------------------------------------------------------ what it reports
-def test_debug_prints_one_line_per_request_and_nothing_unless_asked(tmp_path, upstream, capsys):
-    client = upstream.client()
-    enable_cachy(tmp_path)
-    client.post(CHAT, json={})
-    assert capsys.readouterr() == ("", "")
-    enable_cachy(tmp_path, debug=True)
-    client.post(CHAT, json={})
-    client.post(CHAT, json={"new": 1})
-    client.get("https://example.com/")
-    lines = capsys.readouterr().err.splitlines()
-    assert [line.split()[1] for line in lines] == ["hit", "recorded", "passed"]
-    assert all(CHAT in line for line in lines[:2]) and "https://example.com/" in lines[2]
-    assert lines[0].split()[2] == entries(tmp_path)[0]["key"]
-
-
-def test_stats_count_this_configuration(tmp_path, upstream):
-    client = upstream.client()
-    enable_cachy(tmp_path)
-    client.post(CHAT, json={})
-    enable_cachy(tmp_path)
-    for _ in range(3):
-        client.post(CHAT, json={})
-    client.get("https://example.com/")
-    stats = cachy_stats()
-    assert (stats.hits, stats.recorded, stats.passed, stats.replay_misses) == (3, 0, 1, 0)
-    assert str(stats) == "3 hits, 0 recorded, 1 passed through, 0 replay misses"
-    disable_cachy()
-    assert cachy_stats().hits == 0
-
-
 # -------------------------------------------------------------------------------------- pruning
 def test_prune_keeps_what_this_run_used(tmp_path, upstream):
     enable_cachy(tmp_path)
