@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import threading
 
 import httpx
 import pytest
-from helpers import CHAT, SSE, Upstream, counting, engine_in_use, entries, hand_edit, n_of
+from helpers import CHAT, SSE, Upstream, counting, entries, hand_edit, n_of
 
-from cachy import cachy, cachy_stats, compact_cachy, core, disable_cachy, enable_cachy, no_cachy, request_key
+from cachy import compact_cachy, core, disable_cachy, enable_cachy, request_key
 
 
 def key_of(text: str) -> str:
@@ -136,66 +134,3 @@ def test_an_error_event_in_a_streamed_200_is_not_recorded(tmp_path):
             assert response.read() == expected
     assert upstream.calls == 2
     assert len(entries(tmp_path)) == 1
-
-
-# ------------------------------------------------------------------------------------ switches
-def test_cachy_and_no_cachy_decorate_generators_while_they_run(tmp_path):
-    upstream = counting()
-
-    @cachy(cache_dir=tmp_path)
-    def cached():
-        yield n_of(upstream.client(), {"q": 1})
-
-    @cachy(cache_dir=tmp_path)
-    async def cached_async():
-        async with upstream.async_client() as client:
-            yield (await client.post(CHAT, json={"q": 1})).json()["n"]
-
-    async def drain():
-        return [n async for n in cached_async()]
-
-    assert [*cached(), *cached(), *asyncio.run(drain())] == [1, 1, 1]
-    enable_cachy(tmp_path)
-
-    @no_cachy()
-    def live():
-        yield n_of(upstream.client(), {"q": 1})
-
-    assert list(live()) == [2]
-
-
-def test_no_cachy_left_in_another_task_does_not_bypass_forever(tmp_path):
-    upstream = counting()
-    enable_cachy(tmp_path)
-    switch = no_cachy()
-
-    async def main() -> None:
-        async def enter():
-            switch.__enter__()
-
-        async def leave_then_ask():
-            switch.__exit__(None, None, None)
-            async with upstream.async_client() as client:
-                await client.post(CHAT, json={})
-
-        await asyncio.create_task(enter())
-        await asyncio.create_task(leave_then_ask())
-
-    asyncio.run(main())
-    assert cachy_stats().recorded == 1
-
-
-def test_a_cachy_block_left_in_another_thread_or_out_of_order_restores_what_was_there(tmp_path):
-    block = cachy(cache_dir=tmp_path / "a")
-    block.__enter__()
-    leaving = threading.Thread(target=block.__exit__, args=(None, None, None))
-    leaving.start()
-    leaving.join()
-    assert engine_in_use() is None
-    outer, inner = cachy(cache_dir=tmp_path / "outer"), cachy(cache_dir=tmp_path / "inner")
-    outer.__enter__()
-    inner.__enter__()
-    outer.__exit__(None, None, None)  # out of order: the inner block still holds
-    assert engine_in_use().store.path.parent == tmp_path / "inner"
-    inner.__exit__(None, None, None)
-    assert engine_in_use() is None

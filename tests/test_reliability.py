@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextvars
 import datetime
 import errno
 import io
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,11 +30,8 @@ from helpers import CHAT, MESSAGES, SSE, Upstream, ask, chunked, entries, fresh_
 from cachy import (
     CachyMiss,
     CachyWarning,
-    cachy,
-    cachy_stats,
     compact_cachy,
     enable_cachy,
-    no_cachy,
     request_key,
 )
 from cachy.cli import main
@@ -52,12 +47,6 @@ def key_of(line: str) -> str:
 def cachy_warnings(warned) -> list:
     """The CachyWarnings among the warnings that `pytest.warns` caught."""
     return [warning for warning in warned if issubclass(warning.category, CachyWarning)]
-
-
-def counts_are_zero() -> bool:
-    """What `cachy_stats()` says when cachy is off."""
-    stats = cachy_stats()
-    return (stats.hits, stats.recorded, stats.passed, stats.replay_misses) == (0, 0, 0, 0)
 
 
 # ------------------------------------------------------------------------- 1. cut-off streams
@@ -617,79 +606,6 @@ def test_a_query_parameter_that_is_no_credential_stays_and_changes_the_key(tmp_p
     assert [entry["url"] for entry in entries(tmp_path)] == [first, second]
 
 
-# ------------------------------------------------------------------ 8. overlapping cachy() blocks
-@pytest.mark.parametrize("before", ["off", "enabled"])
-def test_overlapping_cachy_blocks_in_two_tasks_each_answer_from_their_own_folder(tmp_path, upstream, before):
-    """The shorter block ends while the longer one is open; the longer one's request, made after that, is
-    answered from its own folder; after both, cachy is exactly as it was before them."""
-    record(tmp_path / "short", upstream, ["short"])  # answer 1
-    record(tmp_path / "long", upstream, ["long"])  # answer 2
-    record(tmp_path / "before", upstream, ["before"])  # answer 3
-    if before == "enabled":
-        enable_cachy(tmp_path / "before", mode="replay")
-
-    async def scenario():
-        short_entered, long_entered, short_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        async with upstream.async_client() as client:
-
-            async def post(question):
-                return (await client.post(CHAT, json={"q": question})).json()["n"]
-
-            @cachy(cache_dir=tmp_path / "short", mode="replay")
-            async def short():
-                answer = await post("short")
-                short_entered.set()
-                await long_entered.wait()
-                return answer
-
-            @cachy(cache_dir=tmp_path / "long", mode="replay")
-            async def long():
-                long_entered.set()
-                await short_done.wait()
-                return await post("long")
-
-            async def short_then_done():
-                answer = await short()
-                short_done.set()
-                return answer
-
-            short_task = asyncio.create_task(short_then_done())
-            await short_entered.wait()
-            return await asyncio.gather(short_task, long())
-
-    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == [1, 2]
-    assert upstream.calls == 3
-    if before == "off":
-        assert counts_are_zero()
-        assert ask(upstream, "long") == 4  # untouched: straight to the upstream
-        assert len(entries(tmp_path / "long")) == 1
-    else:
-        assert ask(upstream, "before") == 3
-        with pytest.raises(CachyMiss):
-            ask(upstream, "long")
-        stats = cachy_stats()
-        assert (stats.hits, stats.replay_misses) == (1, 1)
-
-
-def test_nested_cachy_blocks_that_end_out_of_order_restore_what_was_before(tmp_path, upstream):
-    record(tmp_path / "outer", upstream, ["outer"])  # answer 1
-    record(tmp_path / "inner", upstream, ["inner"])  # answer 2
-    outer, inner = (
-        cachy(cache_dir=tmp_path / "outer", mode="replay"),
-        cachy(cache_dir=tmp_path / "inner", mode="replay"),
-    )
-    outer.__enter__()
-    inner.__enter__()
-    outer.__exit__(None, None, None)  # the outer block ends first: the inner one still holds
-    assert ask(upstream, "inner") == 2
-    with pytest.raises(CachyMiss):
-        ask(upstream, "outer")
-    inner.__exit__(None, None, None)
-    assert counts_are_zero()
-    assert ask(upstream, "inner") == 3
-    assert upstream.calls == 3
-
-
 # --------------------------------------------------------------------------------- 9. the lock
 APPENDER = """
 import sys, httpx
@@ -844,58 +760,6 @@ def test_a_cache_dir_whose_name_is_not_utf8_works(tmp_path, upstream):
     enable_cachy(folder)
     assert [ask(upstream, 1), ask(upstream, 1)] == [1, 1]
     assert b"cachy.jsonl" in os.listdir(os.fsencode(folder))
-
-
-def test_one_no_cachy_instance_can_be_entered_nested_and_caching_resumes_after(cache_dir, upstream):
-    assert ask(upstream, 1) == 1
-    bypass = no_cachy()
-
-    def nested():
-        with bypass:
-            with bypass:
-                assert ask(upstream, 1) == 2
-            assert ask(upstream, 1) == 3  # still inside the outer block
-        assert ask(upstream, 1) == 1
-
-    contextvars.copy_context().run(nested)  # a block left open by a failure stays in this context, not the next test's
-
-
-def test_one_no_cachy_instance_can_be_entered_by_two_threads_at_once(cache_dir, upstream):
-    assert ask(upstream, 1) == 1
-    bypass = no_cachy()
-    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
-    answers, errors = {}, []
-
-    def first():
-        try:
-            with bypass:
-                first_in.set()
-                second_in.wait(5)
-                answers["first inside"] = ask(upstream, 1)
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            first_out.set()
-        answers["first after"] = ask(upstream, 1)
-
-    def second():
-        first_in.wait(5)
-        try:
-            with bypass:
-                second_in.set()
-                first_out.wait(5)  # the first thread leaves its block while this one is inside
-                answers["second inside"] = ask(upstream, 1)
-        except BaseException as error:
-            errors.append(error)
-        answers["second after"] = ask(upstream, 1)
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert errors == []
-    assert answers == {"first inside": 2, "second inside": 3, "first after": 1, "second after": 1}
 
 
 @pytest.mark.parametrize("module", [httpx, httpx2])

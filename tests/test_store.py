@@ -1,4 +1,4 @@
-"""cachy.jsonl: the index, appends, damage, duplicates, compaction and git merges."""
+"""cachy.jsonl: the index, appends, damage, duplicates, compaction, pruning and git merges."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from helpers import CHAT, as_a_new_process, ask, entries, git, record
 
-from cachy import CachyWarning, compact_cachy, core, enable_cachy, fileio
+from cachy import CachyWarning, compact_cachy, core, enable_cachy, fileio, prune_cachy
 
 
 # ------------------------------------------------------------------------------- index and appends
@@ -183,7 +183,37 @@ def test_compact_is_atomic_a_failure_leaves_the_original_whole(tmp_path, upstrea
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cachy.jsonl"]
 
 
-# ----------------------------------------------------------------------------------------- git
+# -------------------------------------------------------------------------------------- pruning
+def test_prune_keeps_what_this_run_used(tmp_path, upstream):
+    enable_cachy(tmp_path)
+    for n in range(3):
+        upstream.client().post(CHAT, json={"n": n})
+    os.chmod(tmp_path / "cachy.jsonl", 0o640)
+    enable_cachy(tmp_path)
+    upstream.client().post(CHAT, json={"n": 1})
+    upstream.client().post(CHAT, json={"n": 3})
+    result = prune_cachy()
+    assert (result.kept, result.pruned) == (2, 2)
+    assert sorted(json.loads(json.loads(e["response"])["echo"])["n"] for e in entries(tmp_path)) == [1, 3]
+    assert (tmp_path / "cachy.jsonl").stat().st_mode & 0o777 == 0o640
+
+
+def test_prune_refuses_what_would_lose_entries(tmp_path, upstream, monkeypatch):
+    with pytest.raises(RuntimeError, match="not enabled"):
+        prune_cachy()
+    enable_cachy(tmp_path)
+    upstream.client().post(CHAT, json={})
+    enable_cachy(tmp_path)
+    with pytest.raises(RuntimeError, match="no entry was used"):
+        prune_cachy()
+    upstream.client().post(CHAT, json={})
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    with pytest.raises(RuntimeError, match=r"gw1.*--cachy-prune"):
+        prune_cachy()
+    assert len(entries(tmp_path)) == 1
+
+
+# ------------------------------------------------------------------------------------------ git
 
 
 def test_a_union_merge_of_two_branches_replays_both(tmp_path, upstream):
