@@ -3,62 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
-import httpx
 import pytest
-from helpers import CHAT, SSE, Upstream, counting, entries, hand_edit, n_of
+from helpers import CHAT, counting, entries, hand_edit, n_of
 
-from cachy import compact_cachy, core, disable_cachy, enable_cachy, request_key
-
-
-def key_of(text: str) -> str:
-    return request_key(httpx.Request("POST", CHAT, json={"messages": [{"role": "user", "content": text}]}))
-
-
-# ------------------------------------------------------------------------------------ the key
-def test_a_long_run_of_slashes_is_normalised_in_linear_time(tmp_path):
-    """The site-packages rule once re-scanned from every slash: 120 KB of `/ab` took two minutes."""
-    script = (
-        "import json, httpx; from cachy import request_key\n"
-        "body = json.dumps({'m': '/ab' * 40_000 + ' 2024/01/02,' * 2_000})\n"
-        "request_key(httpx.Request('POST', 'https://api.openai.com/v1/x', content=body.encode()))\n"
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=30, cwd=tmp_path)
-
-
-def test_a_file_named_like_a_temp_folder_is_not_one():
-    assert key_of("Summarise /tmp/tmp_report_2023.csv") != key_of("Summarise /tmp/tmp_report_2024.csv")
-    assert key_of("open /tmp/tmpab12cd34/x") == key_of("open /tmp/tmpzz99yy88/x")  # tempfile's own names
-
-
-def test_a_notebook_traceback_keys_alike_on_linux_and_macos():
-    linux = 'File "/tmp/ipykernel_4242/3385730958.py", line 3'
-    macos = 'File "/var/folders/x1/abc_de/T/ipykernel_77/1234.py", line 3'
-    assert key_of(linux) == key_of(macos)
-
-
-def test_beta_headers_change_the_key_and_other_headers_do_not():
-    def key(headers: dict) -> str:
-        return request_key(httpx.Request("POST", CHAT, json={"q": 1}, headers=headers))
-
-    assert key({"anthropic-beta": "context-1m"}) != key({})
-    assert key({"openai-beta": "assistants=v2"}) != key({})
-    assert key({"x-api-key": "one", "user-agent": "a"}) == key({"x-api-key": "two", "user-agent": "b"})
-
-
-@pytest.mark.parametrize(
-    ("url", "secret"),
-    [
-        ("https://generativelanguage.googleapis.com/v1/x?alt=sse;key=AIza-secret", "AIza-secret"),
-        ("https://api.openai.com/v1/x?bearer=tok-secret", "tok-secret"),
-        ("https://api.openai.com/v1/x?Authorization=tok-secret", "tok-secret"),
-        ("https://api.openai.com/v1/x#access_token=tok-secret", "tok-secret"),
-    ],
-)
-def test_secrets_in_other_corners_of_a_url_stay_out(url, secret):
-    assert secret not in core.public_url(url)
+from cachy import compact_cachy, disable_cachy, enable_cachy
 
 
 # ---------------------------------------------------------------------------------- the file
@@ -117,20 +66,3 @@ def test_a_stored_header_cachy_never_writes_cannot_break_a_hit(tmp_path):
     hand_edit(tmp_path, headers={"content-type": "application/json", "content-encoding": "gzip"})
     enable_cachy(tmp_path)
     assert n_of(upstream.client(), {"q": 1}) == 1
-
-
-# ------------------------------------------------------------------------------- what is recorded
-def test_an_error_event_in_a_streamed_200_is_not_recorded(tmp_path):
-    """anthropic reports overload inside a 200 stream: replaying it would freeze a transient failure."""
-    bodies = [
-        b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error"}}\n\n',
-        b"event: x\ndata: 1\n\n",
-    ]
-    upstream = Upstream(lambda request, n: (200, SSE, bodies[min(n, 2) - 1]))
-    enable_cachy(tmp_path)
-    client = upstream.client()
-    for expected in bodies:
-        with client.stream("POST", "https://api.anthropic.com/v1/messages", json={"stream": True}) as response:
-            assert response.read() == expected
-    assert upstream.calls == 2
-    assert len(entries(tmp_path)) == 1
