@@ -1,24 +1,30 @@
 """Test helpers: fake upstreams that count their calls (a MockTransport handler, and a server on 127.0.0.1),
-a reader of the cache file, and the httpx module each SDK builds on."""
+the answers of the providers they stand for, ways to ask them and to record into a folder, a reader and
+writers of the cache file, a fresh process's view of it, and the httpx module each SDK builds on."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import requires
+from pathlib import Path
 from types import ModuleType
 
 import httpx
 import httpx2
 from packaging.requirements import Requirement
 
+from cachy import core, disable_cachy, enable_cachy
+
 CHAT = "https://api.openai.com/v1/chat/completions"
 JSON = {"content-type": "application/json"}
 SSE = {"content-type": "text/event-stream"}
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 class Upstream:
@@ -111,6 +117,141 @@ def entries(folder) -> list[dict]:
     """The parsed lines of `folder/cachy.jsonl`."""
     path = folder / "cachy.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def ask(upstream: Upstream, question, url: str = CHAT) -> int:
+    """Send question `question`; the answer says which upstream call produced it."""
+    return upstream.client().post(url, json={"q": question}).json()["n"]
+
+
+def record(folder: Path, upstream: Upstream, questions) -> list[str]:
+    """Record `questions` into folder/cachy.jsonl and return its lines."""
+    enable_cachy(folder)
+    for question in questions:
+        ask(upstream, question)
+    disable_cachy()
+    return (folder / "cachy.jsonl").read_text().splitlines(keepends=True)
+
+
+def numbered(request, n):
+    """An upstream reply that does not echo the request: answer number n."""
+    return 200, JSON, json.dumps({"answer": n}).encode()
+
+
+def answer_to(client, body: dict, url: str = CHAT):
+    """The answer number (of `numbered`) that `client` gets for `body`."""
+    return client.post(url, json=body).json()["answer"]
+
+
+def counting() -> Upstream:
+    """An upstream that answers only `{"n": call number}`."""
+    return Upstream(json_reply(lambda request, n: {"n": n}))
+
+
+def n_of(client, body: dict, **kwargs) -> int:
+    """The call number (of `counting`) that answered `body`, posted to CHAT."""
+    return client.post(CHAT, json=body, **kwargs).json()["n"]
+
+
+def git(folder, *args) -> str:
+    return subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True, text=True).stdout
+
+
+def fresh_cache(folder: Path, content: str | bytes) -> Path:
+    """A folder this process has never loaded, whose cachy.jsonl holds `content`: as a new process would see it."""
+    folder.mkdir(parents=True)
+    data = content.encode() if isinstance(content, str) else content
+    (folder / "cachy.jsonl").write_bytes(data)
+    return folder
+
+
+def as_a_new_process() -> None:
+    """Forget every loaded index, as a new process (or notebook kernel) would. cachy keeps them in a private
+    registry, which no public name clears: this is the one place the tests reach into it."""
+    core._stores.clear()
+
+
+def engine_in_use():
+    """What would handle a request here and now: the innermost `cachy()` block's engine, else
+    `enable_cachy`'s, else None. No public name says which: this is the one place the tests ask cachy."""
+    return core._current_engine()
+
+
+def hand_edit(tmp_path, **fields) -> None:
+    """Rewrite the one entry in tmp_path/cachy.jsonl with `fields` changed, as a hand edit would."""
+    path = tmp_path / "cachy.jsonl"
+    entry = json.loads(path.read_text())
+    path.write_text(json.dumps({**entry, **fields}) + "\n")
+
+
+def openai_reply(request, n):
+    """openai's answer n to chat.completions or Responses, whole or streamed, with the tokens it used."""
+    body = json.loads(request.content)
+    if request.url.path.endswith("/responses"):
+        response = {
+            "id": f"resp_{n}",
+            "object": "response",
+            "created_at": 1,
+            "model": body["model"],
+            "status": "completed",
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "output": [
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": f"response {n}", "annotations": []}],
+                }
+            ],
+            "usage": {
+                "input_tokens": 21,
+                "output_tokens": 8,
+                "total_tokens": 29,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
+        if not body.get("stream"):
+            return 200, JSON, json.dumps(response).encode()
+        created = {**response, "status": "in_progress", "output": [], "usage": None}
+        return (
+            200,
+            SSE,
+            sse(
+                [
+                    ("response.created", {"type": "response.created", "sequence_number": 0, "response": created}),
+                    ("response.completed", {"type": "response.completed", "sequence_number": 1, "response": response}),
+                ]
+            ),
+        )
+    chunk = {"id": f"c{n}", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+    usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    if body.get("stream"):
+        delta = {"index": 0, "delta": {"content": f"streamed {n}"}, "finish_reason": "stop"}
+        events = [
+            (None, {**chunk, "choices": [delta], "usage": None}),
+            (None, {**chunk, "choices": [], "usage": usage}),
+        ]
+        return 200, SSE, sse([*events, (None, "[DONE]")])
+    message = {"index": 0, "message": {"role": "assistant", "content": f"answer {n}"}, "finish_reason": "stop"}
+    return 200, JSON, json.dumps({**chunk, "object": "chat.completion", "choices": [message], "usage": usage}).encode()
+
+
+def old_line(key: str, answer: int) -> str:
+    """A line as cachy wrote it before it kept dates, durations and usage (key version 1)."""
+    return json.dumps(
+        {
+            "key": key,
+            "method": "POST",
+            "url": CHAT,
+            "status_code": 200,
+            "headers": JSON,
+            "response": json.dumps({"answer": answer, "usage": {"prompt_tokens": 3, "completion_tokens": 4}}),
+        }
+    )
 
 
 def http_module(distribution: str) -> ModuleType:

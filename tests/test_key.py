@@ -3,13 +3,14 @@
 import json
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import httpx2
 import pytest
-from helpers import Upstream, entries
+from helpers import CHAT, Upstream, as_a_new_process, entries
 
 from cachy import CachyWarning, core, disable_cachy, enable_cachy, normalise, request_key
 from cachy.cli import main
@@ -339,7 +340,7 @@ def mixed_file(tmp_path):
     with pytest.warns(CachyWarning):
         Upstream(lambda request, n: (200, {}, b'{"new": 3}')).client().post(URL, json=chat("q3"))
     disable_cachy()
-    core._stores.clear()  # as a new process
+    as_a_new_process()
     return tmp_path / "cachy.jsonl"
 
 
@@ -384,3 +385,38 @@ def test_a_default_port_does_not_change_the_key():
     assert core.public_url("https://api.openai.com:443/v1/chat/completions") == URL
     assert core.public_url("http://127.0.0.1:80/v1") == "http://127.0.0.1/v1"
     assert core.public_url("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080/v1"
+
+
+# ------------------------------------------------------ normalisation at its edges, and headers
+def key_of(text: str) -> str:
+    return key(json={"messages": [{"role": "user", "content": text}]})
+
+
+def test_a_long_run_of_slashes_is_normalised_in_linear_time(tmp_path):
+    """The site-packages rule once re-scanned from every slash: 120 KB of `/ab` took two minutes."""
+    script = (
+        "import json, httpx; from cachy import request_key\n"
+        "body = json.dumps({'m': '/ab' * 40_000 + ' 2024/01/02,' * 2_000})\n"
+        "request_key(httpx.Request('POST', 'https://api.openai.com/v1/x', content=body.encode()))\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30, cwd=tmp_path)
+
+
+def test_a_file_named_like_a_temp_folder_is_not_one():
+    assert key_of("Summarise /tmp/tmp_report_2023.csv") != key_of("Summarise /tmp/tmp_report_2024.csv")
+    assert key_of("open /tmp/tmpab12cd34/x") == key_of("open /tmp/tmpzz99yy88/x")  # tempfile's own names
+
+
+def test_a_notebook_traceback_keys_alike_on_linux_and_macos():
+    linux = 'File "/tmp/ipykernel_4242/3385730958.py", line 3'
+    macos = 'File "/var/folders/x1/abc_de/T/ipykernel_77/1234.py", line 3'
+    assert key_of(linux) == key_of(macos)
+
+
+def test_beta_headers_change_the_key_and_other_headers_do_not():
+    def key(headers: dict) -> str:
+        return request_key(httpx.Request("POST", CHAT, json={"q": 1}, headers=headers))
+
+    assert key({"anthropic-beta": "context-1m"}) != key({})
+    assert key({"openai-beta": "assistants=v2"}) != key({})
+    assert key({"x-api-key": "one", "user-agent": "a"}) == key({"x-api-key": "two", "user-agent": "b"})

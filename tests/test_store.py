@@ -1,36 +1,40 @@
-"""cachy.jsonl: the index, appends, damage, duplicates, compaction and git merges."""
+"""cachy.jsonl as a file (cachy/core.py's Store, cachy/index.py): the index and appends; a file replaced,
+deleted, edited or truncated under it; where the file may be; a disk that refuses writes; compaction,
+pruning and git merges. What makes a line an entry, and damaged lines, are in test_lines.py."""
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import errno
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import anthropic
+import httpx2
 import pytest
-from helpers import CHAT, entries
+from helpers import (
+    CHAT,
+    MESSAGES,
+    Upstream,
+    as_a_new_process,
+    ask,
+    counting,
+    entries,
+    fresh_cache,
+    git,
+    json_reply,
+    n_of,
+    record,
+)
 
-from cachy import CachyWarning, compact_cachy, core, disable_cachy, enable_cachy, fileio
-
-
-def ask(upstream, n: int) -> int:
-    """Send request number `n`; the answer says which upstream call produced it."""
-    return upstream.client().post(CHAT, json={"question": n}).json()["n"]
-
-
-def record(folder, upstream, questions) -> list[str]:
-    """Record `questions` into folder/cachy.jsonl and return its lines."""
-    enable_cachy(folder)
-    for n in questions:
-        ask(upstream, n)
-    disable_cachy()
-    return (folder / "cachy.jsonl").read_text().splitlines(keepends=True)
-
-
-def fresh_process_state():
-    """Forget the loaded index, as a new process (or notebook kernel) would."""
-    core._stores.clear()
+from cachy import CachyWarning, compact_cachy, core, disable_cachy, enable_cachy, prune_cachy
+from cachy.cli import main
 
 
 # ------------------------------------------------------------------------------- index and appends
@@ -69,7 +73,7 @@ def test_the_index_sees_what_another_process_appended(tmp_path, upstream):
         enable_cachy({str(tmp_path)!r})
         answer = lambda request: httpx.Response(200, json={{"n": "from the other process"}})
         client = httpx.Client(transport=httpx.MockTransport(answer))
-        client.post({CHAT!r}, json={{"question": 2}})
+        client.post({CHAT!r}, json={{"q": 2}})
     """
     subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=True)
     assert ask(upstream, 2) == "from the other process"
@@ -100,71 +104,269 @@ def test_a_file_rewritten_in_place_never_answers_with_another_requests_line(tmp_
     assert upstream.calls == 60  # and neither went live
 
 
-# ------------------------------------------------------------------------------------ damage
-def damage_cases(lines: list[str]) -> dict[str, tuple[str, list[int]]]:
-    """File contents with each kind of damage, and the line numbers the warning must name."""
-    a, b, c = lines
-    return {
-        "blank lines": (a + "\n" + b + "   \n" + c, [2, 4]),
-        "truncated last line": (a + b + c[: len(c) // 2], [3]),
-        "conflict markers": (f"<<<<<<< HEAD\n{a}=======\n{b}>>>>>>> feature\n{c}", [1, 3, 5]),
-        "not entries": (a + "[1, 2]\n" + '"text"\n' + b + '{"no": "key"}\n' + "not json at all\n" + c, [2, 3, 5, 6]),
-    }
-
-
-@pytest.mark.parametrize("block", [64, 500, fileio.BLOCK], ids=["lines longer than a block", "cut lines", "default"])
-@pytest.mark.parametrize("case", ["blank lines", "truncated last line", "conflict markers", "not entries"])
-def test_damaged_lines_are_skipped_with_one_warning_and_the_file_still_takes_appends(
-    tmp_path, upstream, monkeypatch, case, block
-):
-    monkeypatch.setattr(fileio, "BLOCK", block)  # the file is read in blocks: lines cut by their ends load alike
-    lines = record(tmp_path, upstream, [1, 2, 3])
-    content, numbers = damage_cases(lines)[case]
-    (tmp_path / "cachy.jsonl").write_text(content)
-    fresh_process_state()
-    enable_cachy(tmp_path)
-    with pytest.warns(CachyWarning) as warned:
-        intact = [ask(upstream, n) for n in (1, 2, 3)]
-    assert len(warned) == 1
-    assert f": {len(numbers)} in all, line {', '.join(map(str, numbers))}" in str(warned[0].message)
-    expected_hits = [1, 2] if case == "truncated last line" else [1, 2, 3]
-    assert [intact[n - 1] for n in expected_hits] == expected_hits
-    recorded_after_the_damage = ask(upstream, 4)
-    assert recorded_after_the_damage == upstream.calls
-    fresh_process_state()
-    enable_cachy(tmp_path)
-    with pytest.warns(CachyWarning):
-        assert ask(upstream, 4) == recorded_after_the_damage  # a new process reads it back
-
-
-@pytest.mark.parametrize("block", [64, 500, fileio.BLOCK])
-def test_a_file_of_many_lines_loads_whole_wherever_its_blocks_end(tmp_path, upstream, monkeypatch, block):
-    monkeypatch.setattr(fileio, "BLOCK", block)
-    record(tmp_path, upstream, range(40))
-    fresh_process_state()
-    enable_cachy(tmp_path)
-    assert [ask(upstream, n) for n in range(40)] == list(range(1, 41))
-    assert upstream.calls == 40
-
-
-def test_a_line_damaged_behind_a_valid_start_is_a_miss_not_a_failure(tmp_path, upstream):
-    lines = record(tmp_path, upstream, [1, 2])
-    (tmp_path / "cachy.jsonl").write_text(lines[0].replace('"response"', '"resp', 1) + lines[1])
-    fresh_process_state()
-    enable_cachy(tmp_path)
-    with pytest.warns(CachyWarning, match=r"damaged line 1 "):
-        assert ask(upstream, 1) == 3  # went live and recorded again
-    assert ask(upstream, 1) == 3
-    assert ask(upstream, 2) == 2
-
-
+# ------------------------------------------------------------------------------- duplicate keys
 def test_the_last_of_duplicate_keys_wins(tmp_path, upstream):
     lines = record(tmp_path, upstream, [1])
     newer = lines[0].replace('\\"n\\": 1', '\\"n\\": 2')
     (tmp_path / "cachy.jsonl").write_text(lines[0] + newer)
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path)
     assert ask(upstream, 1) == 2
+
+
+# -------------------------------------------------------- replaced, deleted or changed in place
+def test_a_file_replaced_by_rename_is_read_again_before_a_replay_miss(tmp_path):
+    """A git checkout or pull replaces the file: its entries hit at once, without a re-enable."""
+    upstream = counting()
+    client = upstream.client()
+    enable_cachy(tmp_path / "other")
+    n_of(client, {"q": "other"})
+    enable_cachy(tmp_path / "d")
+    n_of(client, {"q": "mine"})
+    enable_cachy(tmp_path / "d", mode="replay")
+    assert n_of(client, {"q": "mine"}) == 2
+    merged = (tmp_path / "d" / "cachy.jsonl").read_bytes() + (tmp_path / "other" / "cachy.jsonl").read_bytes()
+    (tmp_path / "d" / "new").write_bytes(merged)
+    os.replace(tmp_path / "d" / "new", tmp_path / "d" / "cachy.jsonl")
+    assert n_of(client, {"q": "other"}) == 1
+    assert upstream.calls == 2
+
+
+def test_a_deleted_file_is_started_afresh_and_keeps_recording(tmp_path):
+    upstream = counting()
+    client = upstream.client()
+    enable_cachy(tmp_path)
+    n_of(client, {"q": 1})
+    (tmp_path / "cachy.jsonl").unlink()
+    assert n_of(client, {"q": 2}) == 2
+    assert [entry["response"] for entry in entries(tmp_path)] == ['{"n": 2}']
+
+
+def rewrite_in_place(path: Path, content: str) -> None:
+    """Write `content` over the file at `path` without replacing it: the same inode, as an editor may do."""
+    inode = path.stat().st_ino
+    with open(path, "r+b") as file:
+        file.truncate(0)
+        file.write(content.encode())
+    assert path.stat().st_ino == inode
+
+
+@pytest.mark.parametrize("change", ["reordered", "a line inserted at the top"])
+def test_a_file_rewritten_in_place_still_hits_every_entry(tmp_path, change):
+    padded = Upstream(json_reply(lambda request, n: {"n": n, "pad": "x" * 1000}))  # past one read buffer
+    lines = record(tmp_path / "cache", padded, range(20))
+    other = record(tmp_path / "scratch", padded, ["other"])
+    enable_cachy(tmp_path / "cache")
+    assert ask(padded, 19) == 20  # the index is loaded
+    rewrite_in_place(
+        tmp_path / "cache" / "cachy.jsonl", "".join(lines[::-1] if change == "reordered" else other + lines)
+    )
+    assert [ask(padded, question) for question in range(20)] == list(range(1, 21))
+    assert padded.calls == 21
+
+
+@pytest.mark.parametrize("longer", [1, 300])
+def test_a_file_that_grows_by_an_edit_in_place_is_read_afresh_not_from_its_old_end(tmp_path, longer):
+    """An edit in place that makes the file longer looks like an append by its size alone: reading on from the
+    old end would read a tail that starts inside a line, a damaged line that never was (a CachyWarning, an
+    error under the plugin). The last line read is no longer where it was, so the file is read afresh."""
+    padded = Upstream(json_reply(lambda request, n: {"n": n, "pad": "x" * 1000}))
+    lines = record(tmp_path / "cache", padded, range(5))
+    inserted = record(
+        tmp_path / "scratch", Upstream(json_reply(lambda r, n: {"n": 0, "pad": "y" * (1000 + longer)})), [9]
+    )
+    enable_cachy(tmp_path / "cache")
+    assert ask(padded, 4) == 5  # the index is loaded
+    rewrite_in_place(tmp_path / "cache" / "cachy.jsonl", "".join(inserted + lines))
+    assert [ask(padded, question) for question in range(5)] == [1, 2, 3, 4, 5]  # and no warning
+    assert padded.calls == 5
+
+
+def test_a_file_truncated_in_place_is_a_miss_never_a_stale_hit(tmp_path, upstream):
+    record(tmp_path, upstream, [1, 2, 3])
+    enable_cachy(tmp_path)
+    assert ask(upstream, 1) == 1
+    os.truncate(tmp_path / "cachy.jsonl", 0)
+    assert ask(upstream, 2) == 4
+    assert upstream.calls == 4
+
+
+def test_enabling_again_picks_up_an_edit_made_in_place(tmp_path, upstream):
+    lines = record(tmp_path, upstream, [1, 2])
+    enable_cachy(tmp_path)
+    assert ask(upstream, 1) == 1
+    edited = lines[0].replace('\\"n\\": 1,', '\\"n\\": 7,')  # the same length: every offset stays
+    assert edited != lines[0]
+    rewrite_in_place(tmp_path / "cachy.jsonl", edited + lines[1])
+    enable_cachy(tmp_path)
+    assert ask(upstream, 1) == 7
+    assert upstream.calls == 2
+
+
+# ------------------------------------------------------------------------ where the file may be
+def test_a_cache_file_symlinked_outside_its_folder_is_refused(tmp_path, upstream):
+    lines = record(tmp_path / "scratch", upstream, [1, 2])
+    target = tmp_path / "elsewhere" / "notes.jsonl"
+    target.parent.mkdir()
+    target.write_text(lines[1] + lines[0] + lines[1])  # compaction would rewrite it
+    before = target.read_bytes()
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "cachy.jsonl").symlink_to(target)
+    with pytest.raises(ValueError, match="symlink"):
+        enable_cachy(folder)
+    with pytest.raises(ValueError, match="symlink"):
+        compact_cachy(folder)
+    with pytest.raises(ValueError, match="symlink"):
+        compact_cachy(folder / "cachy.jsonl")
+    assert target.read_bytes() == before
+
+
+def test_a_cache_file_symlinked_within_its_folder_is_followed(tmp_path, upstream):
+    """A guard for the fix above: a link to a file in the same folder is fine."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "cachy.v2.jsonl").write_text("")
+    (folder / "cachy.jsonl").symlink_to("cachy.v2.jsonl")
+    enable_cachy(folder)
+    assert [ask(upstream, 1), ask(upstream, 1)] == [1, 1]
+    assert len((folder / "cachy.v2.jsonl").read_text().splitlines()) == 1
+    assert compact_cachy(folder).kept == 1
+
+
+def test_a_cache_dir_whose_name_is_not_utf8_works(tmp_path, upstream):
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    enable_cachy(folder)
+    assert [ask(upstream, 1), ask(upstream, 1)] == [1, 1]
+    assert b"cachy.jsonl" in os.listdir(os.fsencode(folder))
+
+
+# ------------------------------------------------------------------- a disk that refuses writes
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+def refuse_writes(monkeypatch, folder: Path, failure: str) -> None:
+    """Make the disk refuse to write `folder`'s files, through the os calls, as a read-only or full disk would:
+    EROFS or EACCES on any open for writing in it, or ENOSPC on writes to its cachy.jsonl, optionally after
+    a first write that got only half of its bytes through."""
+    folder = os.path.realpath(folder)
+
+    def in_folder(path) -> bool:
+        return not isinstance(path, int) and os.path.dirname(os.path.realpath(os.fsdecode(path))) == folder
+
+    if failure in ("EROFS", "EACCES"):
+        code = getattr(errno, failure)
+        real_os_open, real_open = os.open, io.open
+
+        def os_open(path, flags, mode=0o777, *, dir_fd=None):
+            if flags & WRITE_FLAGS and dir_fd is None and in_folder(path):
+                raise OSError(code, os.strerror(code), os.fsdecode(path))
+            return real_os_open(path, flags, mode, dir_fd=dir_fd)
+
+        def open_(file, mode="r", *args, **kwargs):
+            if set(mode) & set("wax+") and in_folder(file):
+                raise OSError(code, os.strerror(code), os.fsdecode(file))
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(io, "open", open_)
+        return
+    cache_file = os.stat(os.path.join(folder, "cachy.jsonl"))
+    real_write, partial = os.write, []
+
+    def write(fd, data):
+        stat = os.fstat(fd)
+        if (stat.st_dev, stat.st_ino) != (cache_file.st_dev, cache_file.st_ino):
+            return real_write(fd, data)
+        if failure == "partial write then ENOSPC" and not partial:
+            partial.append(real_write(fd, bytes(data[: len(data) // 2])))
+            return partial[0]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", write)
+
+
+FAILURES = ["EROFS", "EACCES", "ENOSPC", "partial write then ENOSPC"]
+NOT_SAVED = r"(?i)not saved"  # what the warning about an entry that could not be written must say
+
+
+def call_sync(upstream):
+    return upstream.client().post(CHAT, json={"q": "new"}).content
+
+
+def call_async(upstream):
+    async def call():
+        async with upstream.async_client() as client:
+            return (await client.post(CHAT, json={"q": "new"})).content
+
+    return asyncio.run(call())
+
+
+def call_streamed(upstream):
+    with upstream.client().stream("POST", CHAT, json={"q": "new"}) as response:
+        return b"".join(response.iter_bytes())
+
+
+@pytest.mark.parametrize("call", [call_sync, call_async, call_streamed], ids=["sync", "async", "streamed"])
+@pytest.mark.parametrize("failure", FAILURES)
+def test_a_live_response_reaches_the_caller_whole_when_its_entry_cannot_be_written(
+    tmp_path, upstream, monkeypatch, failure, call
+):
+    folder = fresh_cache(tmp_path / "cache", "".join(record(tmp_path / "scratch", upstream, ["old"])))
+    before = (folder / "cachy.jsonl").read_bytes()
+    refuse_writes(monkeypatch, folder, failure)
+    enable_cachy(folder)
+    with pytest.warns(CachyWarning, match=NOT_SAVED):
+        body = call(upstream)
+    assert json.loads(body) == {"n": 2, "echo": '{"q":"new"}'}
+    assert upstream.calls == 2
+    assert (folder / "cachy.jsonl").read_bytes() == before  # nothing half-written stays behind
+
+
+ANTHROPIC_MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-x",
+    "content": [{"type": "text", "text": "claude 1"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 1, "output_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("failure", ["EROFS", "ENOSPC"])
+def test_an_anthropic_call_reaches_the_upstream_once_and_succeeds_when_its_entry_cannot_be_written(
+    tmp_path, monkeypatch, failure
+):
+    monkeypatch.setattr(anthropic._base_client.time, "sleep", lambda seconds: None)  # a retry would not wait
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return httpx2.Response(200, json=ANTHROPIC_MESSAGE)
+
+    folder = fresh_cache(tmp_path / "cache", b"")
+    refuse_writes(monkeypatch, folder, failure)
+    enable_cachy(folder)
+    client = anthropic.Anthropic(api_key="k", http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    with pytest.warns(CachyWarning, match=NOT_SAVED):
+        message = client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES)
+    assert message.content[0].text == "claude 1"
+    assert len(calls) == 1
+    assert (folder / "cachy.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize("mode", ["record", "replay"])
+@pytest.mark.parametrize("failure", ["EROFS", "EACCES"])
+def test_a_hit_needs_no_write_access_to_the_cache_folder(tmp_path, upstream, monkeypatch, failure, mode):
+    """A guard for the fixes of the lock: a read-only checkout still replays, without a warning."""
+    folder = fresh_cache(tmp_path / "cache", "".join(record(tmp_path / "scratch", upstream, [1])))
+    refuse_writes(monkeypatch, folder, failure)
+    enable_cachy(folder, mode=mode)
+    assert ask(upstream, 1) == 1
+    assert upstream.calls == 1
 
 
 # ------------------------------------------------------------------------------------ compaction
@@ -202,9 +404,91 @@ def test_compact_is_atomic_a_failure_leaves_the_original_whole(tmp_path, upstrea
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cachy.jsonl"]
 
 
-# ----------------------------------------------------------------------------------------- git
-def git(folder, *args) -> str:
-    return subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True, text=True).stdout
+def test_another_programs_json_lines_are_no_entries(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"key": "user1", "event": "login"}\n{"key": "user1", "event": "logout"}\n')
+    with pytest.raises(ValueError, match="not a cachy file"):
+        compact_cachy(events)
+    assert "login" in events.read_text()
+
+
+def test_compaction_keeps_the_good_copy_when_a_later_one_is_damaged(tmp_path):
+    enable_cachy(tmp_path)
+    counting().client().post(CHAT, json={"q": 1})
+    disable_cachy()
+    path = tmp_path / "cachy.jsonl"
+    good = path.read_text()
+    damaged = good.replace('"response": "{\\"n\\": 1}"', '"response": {"n": 1}')  # hand-edited: not a string
+    path.write_text(good + damaged)
+    result = compact_cachy(tmp_path)
+    assert (result.kept, result.damaged) == (1, [2])
+    assert path.read_text() == good
+
+
+README = """# A project
+
+Some words about it, and how to use it:
+
+```python
+from cachy import enable_cachy
+enable_cachy()
+```
+
+More words.
+"""
+
+
+def test_compacting_a_file_that_is_mostly_not_cachy_entries_is_refused(tmp_path, upstream):
+    lines = record(tmp_path / "scratch", upstream, [1])
+    readme = tmp_path / "README.md"
+    readme.write_text(README + lines[0])  # one line that is an entry, among many that are not
+    before = readme.read_bytes()
+    with pytest.raises(ValueError):
+        compact_cachy(readme)
+    assert readme.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["README.md", "scratch"]
+
+
+def test_cachy_compact_of_a_readme_is_one_line_and_exit_code_1(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert main(["compact", str(readme)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("cachy compact: ")
+    assert readme.read_text() == README
+
+
+# -------------------------------------------------------------------------------------- pruning
+def test_prune_keeps_what_this_run_used(tmp_path, upstream):
+    enable_cachy(tmp_path)
+    for n in range(3):
+        upstream.client().post(CHAT, json={"n": n})
+    os.chmod(tmp_path / "cachy.jsonl", 0o640)
+    enable_cachy(tmp_path)
+    upstream.client().post(CHAT, json={"n": 1})
+    upstream.client().post(CHAT, json={"n": 3})
+    result = prune_cachy()
+    assert (result.kept, result.pruned) == (2, 2)
+    assert sorted(json.loads(json.loads(e["response"])["echo"])["n"] for e in entries(tmp_path)) == [1, 3]
+    assert (tmp_path / "cachy.jsonl").stat().st_mode & 0o777 == 0o640
+
+
+def test_prune_refuses_what_would_lose_entries(tmp_path, upstream, monkeypatch):
+    with pytest.raises(RuntimeError, match="not enabled"):
+        prune_cachy()
+    enable_cachy(tmp_path)
+    upstream.client().post(CHAT, json={})
+    enable_cachy(tmp_path)
+    with pytest.raises(RuntimeError, match="no entry was used"):
+        prune_cachy()
+    upstream.client().post(CHAT, json={})
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    with pytest.raises(RuntimeError, match=r"gw1.*--cachy-prune"):
+        prune_cachy()
+    assert len(entries(tmp_path)) == 1
+
+
+# ------------------------------------------------------------------------------------------ git
 
 
 def test_a_union_merge_of_two_branches_replays_both(tmp_path, upstream):
@@ -222,7 +506,7 @@ def test_a_union_merge_of_two_branches_replays_both(tmp_path, upstream):
     record(tmp_path, upstream, [3])
     git(tmp_path, "commit", "-qam", "main")
     git(tmp_path, "merge", "-q", "feature", "-m", "merge")
-    fresh_process_state()
+    as_a_new_process()
     enable_cachy(tmp_path, mode="replay")
     assert [ask(upstream, n) for n in (0, 1, 2, 3)] == [1, 2, 3, 4]
     assert upstream.calls == 4
