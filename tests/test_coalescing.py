@@ -250,6 +250,12 @@ def test_different_cache_files_never_share_a_call(server, tmp_path):
     assert len(entries(tmp_path / "a")) == len(entries(tmp_path / "b")) == 1
 
 
+async def _in_flight(server: Server, calls: int) -> None:
+    """Until the provider has `calls` calls: the last one is then in flight for LATENCY."""
+    while server.calls < calls:
+        await asyncio.sleep(0.002)
+
+
 def test_a_thread_waits_for_a_tasks_flight_and_a_task_for_a_threads(server, local):
     url = server.url + "/v1/chat/completions"
 
@@ -261,13 +267,13 @@ def test_a_thread_waits_for_a_tasks_flight_and_a_task_for_a_threads(server, loca
     async def task_leads_thread_waits():
         async with httpx.AsyncClient(timeout=5) as client:
             leader = asyncio.create_task(client.post(url, json=_body("task first")))
-            await asyncio.sleep(0.05)
+            await _in_flight(server, 1)
             waiter = await asyncio.to_thread(httpx.post, url, json=_body("task first"), timeout=5)
             return (await leader).json(), waiter.json()
 
     async def thread_leads_task_waits():
         leader = in_a_thread("thread first")
-        await asyncio.sleep(0.05)
+        await _in_flight(server, 2)
         ticks = 0
 
         async def tick():
