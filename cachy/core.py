@@ -599,21 +599,18 @@ class Engine:
     def join(self, miss: Miss, limit: float | None) -> Entry | Miss:
         """The entry of an identical request in flight, once it lands (see `inflight`), or `miss` to send live:
         leading the requests that come meanwhile, or alone. With repeats, each request is its own."""
-        if self.repeats:
-            return miss
-        return self._joined(miss, inflight.lead_or_wait(*self._boarding(miss), limit))
+        flying = None if self.repeats else inflight.lead_or_wait(self.store, miss.slot, self.mode == "record", limit)
+        return self._joined(miss, flying)
 
     async def ajoin(self, miss: Miss, limit: float | None) -> Entry | Miss:
         """`join`, awaiting the landing: the loop runs on."""
-        if self.repeats:
-            return miss
-        return self._joined(miss, await inflight.alead_or_wait(*self._boarding(miss), limit))
-
-    def _boarding(self, miss: Miss) -> tuple[tuple[Store, str], Callable[[], Entry | None]]:
-        """Where `miss` flies (its file and slot), and how to look it up again (refresh mode never looks)."""
-        return (self.store, miss.slot), (lambda: self.store.find(miss.slot) if self.mode == "record" else None)
+        flying = (
+            None if self.repeats else await inflight.alead_or_wait(self.store, miss.slot, self.mode == "record", limit)
+        )
+        return self._joined(miss, flying)
 
     def _joined(self, miss: Miss, found: inflight.Flight | Entry | None) -> Entry | Miss:
+        """An entry, counted as joined; or `miss`, leading `found` when that is a flight."""
         if isinstance(found, Entry):
             self.count(Outcome.JOINED, miss.call.method, miss.url, miss.slot)
             return found
@@ -782,7 +779,7 @@ def serve(adapter: Adapter, request: Any, stream: bool, send: Callable[[], Any])
             live = send()
         return adapter.answer(engine, found, request, live)
     finally:
-        inflight.land(found.flight, None)  # a flight not landed by a recording, nor handed to a stream's, lands empty
+        inflight.land(found.flight, None)  # unless it landed, or a stream's recording holds it: it lands empty
 
 
 async def aserve(adapter: Adapter, request: Any, stream: bool, send: Callable[[], Awaitable[Any]]) -> Any:

@@ -26,13 +26,17 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Hashable
+from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 from .lines import Entry
 
+if TYPE_CHECKING:
+    from .core import Store
+
 LONGEST_WAIT = 600.0  # seconds, for a client that sets no timeout: openai's own default
 
-_flights: dict[Hashable, Flight] = {}  # the flights in the air, by store and slot
+_flights: dict[tuple[Store, str], Flight] = {}  # the flights in the air, by store and slot
 _lock = threading.Lock()  # the table, and each flight's landing; renewed in a forked child
 
 
@@ -55,7 +59,7 @@ class Flight:
     """One live call that identical requests wait for. `land` ends it, once: with the entry it recorded, or
     with none, and the waiters go on by themselves."""
 
-    def __init__(self, place: Hashable):
+    def __init__(self, place: tuple[Store, str]):
         self._place = place
         self._landed = threading.Event()
         self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []  # async waiters
@@ -67,7 +71,7 @@ class Flight:
         """End the flight: its waiters replay `entry`, or, given None, go on by themselves. Only the first
         landing counts, so that every path out of a live call may land it without asking whether one did."""
         with _lock:
-            if self._landed.is_set():
+            if self.landed:
                 return
             self.entry = entry
             self._landed.set()
@@ -85,12 +89,20 @@ class Flight:
             return False
         return not blocking or self.loop is None or self.loop is not _running_loop()
 
+    @property
+    def landed(self) -> bool:
+        return self._landed.is_set()
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the landing, blocking this thread."""
+        self._landed.wait(timeout)
+
     async def landing(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the landing, without blocking this task's loop."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with _lock:
-            if self._landed.is_set():
+            if self.landed:
                 return
             self._futures.append((loop, future))
         with contextlib.suppress(asyncio.TimeoutError):
@@ -108,15 +120,16 @@ def land(flight: Flight | None, entry: Entry | None) -> None:
         flight.land(entry)
 
 
-def _board(place: Hashable, recorded: Callable[[], Entry | None]) -> tuple[Flight | Entry, bool]:
-    """The flight in the air for `place` (False: to wait for), else a new one (True: the caller leads it), else
-    the entry `recorded()` finds: a flight that landed between the caller's miss and now. Looked up under the
-    lock that landings take, so that no landing falls between the look and the take-off."""
+def _board(place: tuple[Store, str], looks: bool) -> tuple[Flight | Entry, bool]:
+    """The flight in the air for `place` (False: to wait for), else a new one (True: the caller leads it), else,
+    when the caller `looks` (record mode), the entry in the store: a flight landed since the caller missed. Looked
+    up under the lock that landings take, so that no landing falls between the look and the take-off."""
     with _lock:
         flight = _flights.get(place)
         if flight is not None:
             return flight, False
-        entry = recorded()
+        store, slot = place
+        entry = store.find(slot) if looks else None
         if entry is not None:
             return entry, False
         flight = _flights[place] = Flight(place)
@@ -124,44 +137,42 @@ def _board(place: Hashable, recorded: Callable[[], Entry | None]) -> tuple[Fligh
 
 
 def _boarding(
-    place: Hashable, recorded: Callable[[], Entry | None], limit: float | None, blocking: bool
+    place: tuple[Store, str], looks: bool, limit: float | None, blocking: bool
 ) -> Generator[tuple[Flight, float], None, Flight | Entry | None]:
     """What `lead_or_wait` and `alead_or_wait` do, but the waiting: it yields a flight and how long to wait for
     it, and returns the outcome. A flight that lands empty sends its waiters round again, to lead or to wait."""
     deadline = time.monotonic() + (LONGEST_WAIT if limit is None else limit)
     while True:
-        found, leads = _board(place, recorded)
+        found, leads = _board(place, looks)
         if leads or isinstance(found, Entry):
             return found
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not found.waitable(blocking):
             return None
         yield found, remaining
-        if not found._landed.is_set():  # waited as long as its client would: it goes live by itself
+        if not found.landed:  # waited as long as its client would: it goes live by itself
             return None
         if found.entry is not None:
             return found.entry
 
 
-def lead_or_wait(place: Hashable, recorded: Callable[[], Entry | None], limit: float | None) -> Flight | Entry | None:
-    """For a miss of `place` (a store and a slot): the entry an identical request in flight recorded, once it
-    lands (waiting up to `limit` seconds, None: `LONGEST_WAIT`); or a new Flight for the caller to lead, send
-    and `land`; or None, to go live alone. `recorded()` looks the slot up again, as the caller's miss may be
-    stale by the time it boards."""
-    boarding = _boarding(place, recorded, limit, blocking=True)
+def lead_or_wait(store: Store, slot: str, looks: bool, limit: float | None) -> Flight | Entry | None:
+    """For a miss of `slot` in `store`: the entry an identical request in flight recorded, once it lands
+    (waiting up to `limit` seconds; None: `LONGEST_WAIT`); or a new Flight for the caller to lead, send and
+    `land`; or None, to go live alone. A caller that `looks` (record mode) is given an entry recorded since it
+    missed, as its miss may be stale by the time it boards."""
+    boarding = _boarding((store, slot), looks, limit, blocking=True)
     try:
         while True:
             flight, remaining = next(boarding)
-            flight._landed.wait(remaining)
+            flight.wait(remaining)
     except StopIteration as outcome:
         return outcome.value
 
 
-async def alead_or_wait(
-    place: Hashable, recorded: Callable[[], Entry | None], limit: float | None
-) -> Flight | Entry | None:
+async def alead_or_wait(store: Store, slot: str, looks: bool, limit: float | None) -> Flight | Entry | None:
     """`lead_or_wait` for a task: it awaits the landing, and its loop runs on meanwhile."""
-    boarding = _boarding(place, recorded, limit, blocking=False)
+    boarding = _boarding((store, slot), looks, limit, blocking=False)
     try:
         while True:
             flight, remaining = next(boarding)
