@@ -7,8 +7,9 @@ and sends; identical misses that come while it is in the air wait for it, then r
 A flight that lands without an entry (an error, a status cachy does not record, a cancelled task, a stream that
 broke off or was closed unread, a file that could not be written) hands its waiters nothing of its own: one of
 them leads anew, and the others wait for that one, so that a failure costs no burst of retries. Nobody waits
-longer than its client's own timeout would let it (`LONGEST_WAIT` when it sets none, as for a stream left unread,
-which never lands): it then goes live by itself.
+longer than its client's own timeout would let it (`LONGEST_WAIT` when it sets none): it then goes live itself,
+leading the flight in place of the stale one (a stream left unread never lands), so that the others wait no more
+for the stale one either.
 
 Threads wait on a `threading.Event`, tasks on a future of their own loop that the lander resolves with
 `call_soon_threadsafe`, so a thread may wait for a task's flight and a task for a thread's, and no loop is ever
@@ -150,10 +151,22 @@ def _boarding(
         if remaining <= 0 or not found.waitable(blocking):
             return None
         yield found, remaining
-        if not found.landed:  # waited as long as its client would: it goes live by itself
-            return None
+        if not found.landed:  # waited as long as its client would
+            return _take_over(place, found)
         if found.entry is not None:
             return found.entry
+
+
+def _take_over(place: tuple[Store, str], stale: Flight) -> Flight | None:
+    """A new flight for `place`, in place of `stale`, which its waiter waited for as long as its client would
+    (a stream left unread never lands): the waiter leads it, and the others come round to it, so that a stale
+    flight keeps nobody else waiting. None when another waiter took over first: the caller goes live alone."""
+    with _lock:
+        if _flights.get(place) is not stale:
+            return None
+        flight = _flights[place] = Flight(place)
+    stale.land(None)
+    return flight
 
 
 def lead_or_wait(store: Store, slot: str, looks: bool, limit: float | None) -> Flight | Entry | None:

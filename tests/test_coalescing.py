@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,10 +26,10 @@ def _text(body: dict) -> str:
     return f"answer to {body['messages'][-1]['content']}"
 
 
-def _reply(request: httpx.Request, n: int, fail_first: bool = False):
-    """A slow chat completion that answers each prompt with its own text, streamed when asked."""
+def _reply(request: httpx.Request, n: int, fails: int = 0):
+    """A slow chat completion that answers each prompt with its own text, streamed when asked; call `fails`, a 500."""
     time.sleep(LATENCY)
-    if fail_first and n == 1:
+    if n == fails:
         return 500, JSON, b'{"error": "overloaded"}'
     body = json.loads(request.content)
     if body.get("stream"):
@@ -200,7 +199,7 @@ def test_a_cancelled_leader_leaves_the_others_their_answer(server, local):
 
 
 def test_a_leader_answered_500_hands_nobody_its_failure(tmp_path):
-    with Server(lambda request, n: _reply(request, n, fail_first=True), pause=0.005) as server:
+    with Server(lambda request, n: _reply(request, n, fails=1), pause=0.005) as server:
         enable_cachy(tmp_path, doms=("127.0.0.1",))
         started = time.perf_counter()
         results = _async_calls(server.url + "/v1/chat/completions", 10)
@@ -258,22 +257,16 @@ async def _in_flight(server: Server, calls: int) -> None:
 
 def test_a_thread_waits_for_a_tasks_flight_and_a_task_for_a_threads(server, local):
     url = server.url + "/v1/chat/completions"
-
-    def in_a_thread(prompt: str) -> threading.Thread:
-        thread = threading.Thread(target=lambda: httpx.post(url, json=_body(prompt), timeout=5))
-        thread.start()
-        return thread
+    threads = httpx.Client(timeout=5)  # made beforehand: a client takes a while to make under load
 
     async def task_leads_thread_waits():
         async with httpx.AsyncClient(timeout=5) as client:
             leader = asyncio.create_task(client.post(url, json=_body("task first")))
             await _in_flight(server, 1)
-            waiter = await asyncio.to_thread(httpx.post, url, json=_body("task first"), timeout=5)
+            waiter = await asyncio.to_thread(threads.post, url, json=_body("task first"))
             return (await leader).json(), waiter.json()
 
     async def thread_leads_task_waits():
-        leader = in_a_thread("thread first")
-        await _in_flight(server, 2)
         ticks = 0
 
         async def tick():
@@ -282,18 +275,19 @@ def test_a_thread_waits_for_a_tasks_flight_and_a_task_for_a_threads(server, loca
                 await asyncio.sleep(0.01)
                 ticks += 1
 
-        ticker = asyncio.create_task(tick())
         async with httpx.AsyncClient(timeout=5) as client:
+            leader = asyncio.create_task(asyncio.to_thread(threads.post, url, json=_body("thread first")))
+            await _in_flight(server, 2)
+            ticker = asyncio.create_task(tick())
             waiter = await client.post(url, json=_body("thread first"))
-        ticker.cancel()
-        await asyncio.to_thread(leader.join)
-        return waiter.json(), ticks
+            ticker.cancel()
+            return (await leader).json(), waiter.json(), ticks
 
     led, waited = asyncio.run(task_leads_thread_waits())
     assert led == waited
-    answer, ticks = asyncio.run(thread_leads_task_waits())
-    assert answer["choices"][0]["message"]["content"] == "answer to thread first"
-    assert ticks >= 5  # the loop ran on while its task waited
+    led, waited, ticks = asyncio.run(thread_leads_task_waits())
+    assert led == waited and waited["choices"][0]["message"]["content"] == "answer to thread first"
+    assert ticks >= 3  # the loop ran on while its task waited
     assert server.calls == 2
     assert cachy_stats().joined == 2
     server.__exit__()
@@ -330,6 +324,21 @@ def test_a_waiter_gives_up_at_its_clients_timeout_and_goes_live(server, local):
         assert 0.3 + LATENCY <= time.perf_counter() - started < 0.3 + 1  # waited 0.3 s, then went live
         assert unread.read() == waited
     assert server.calls == 2
+
+
+def test_a_waiter_that_gave_up_takes_the_stale_flight_over(tmp_path):
+    with Server(lambda request, n: _reply(request, n, fails=2), pause=0.005) as server:
+        enable_cachy(tmp_path, doms=("127.0.0.1",))
+        url = server.url + "/v1/chat/completions"
+        with httpx.Client(timeout=5) as client:
+            unread = _streamed(client, url)
+            with ThreadPoolExecutor(1) as pool:
+                assert pool.submit(_streamed, client, url, 0.3).result().status_code == 500  # led in its place
+                started = time.perf_counter()
+                assert pool.submit(lambda: _streamed(client, url).read()).result().endswith(b"data: [DONE]\n\n")
+            assert time.perf_counter() - started < 1  # no wait for the unread stream: its flight was taken over
+            unread.close()
+        assert server.calls == 3
 
 
 def test_a_thread_never_waits_for_its_own_unread_stream(server, local):
