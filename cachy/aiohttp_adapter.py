@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import ClientRequest, ClientResponse, ClientSession, HttpVersion11, StreamReader
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.helpers import sentinel
 from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -99,8 +100,9 @@ class _Aiohttp:
     """A `ClientSession`'s requests, as `aserve` walks them from cachy's middleware (see `cachy.core.Adapter`).
     aiohttp has no stream flag: every request is keyed as not streamed, and every body recorded as it arrives."""
 
-    def __init__(self, decoded: bool):
+    def __init__(self, decoded: bool, limit: float | None):
         self._decoded = decoded  # the session decompresses bodies: else an encoded one is passed on unrecorded
+        self._limit = limit  # the request's timeout, as `_wait_limit` reads it
 
     def target(self, request: ClientRequest) -> tuple[str, str, str]:
         return request.method, str(request.url), request.url.host or ""
@@ -108,6 +110,9 @@ class _Aiohttp:
     async def call(self, request: ClientRequest, url: str, stream: bool) -> Call:
         body = await request.body.as_bytes() if request.body else b""  # a streamed payload keeps what it read
         return Call(request.method, url, body, request.headers, stream)
+
+    def wait_limit(self, request: ClientRequest) -> float | None:
+        return self._limit
 
     def replay(self, entry: Entry, request: ClientRequest) -> ClientResponse:
         """A real ClientResponse whose body is a real StreamReader holding the stored bytes, then its end."""
@@ -144,9 +149,17 @@ class _Aiohttp:
         return response
 
 
-async def _cache(request: ClientRequest, handler: _Handler, decoded: bool) -> ClientResponse:
+async def _cache(request: ClientRequest, handler: _Handler, decoded: bool, limit: float | None) -> ClientResponse:
     """The middleware: a hit answers from the store, a miss goes live and is recorded once its body has arrived."""
-    return await aserve(_Aiohttp(decoded), request, False, lambda: handler(request))
+    return await aserve(_Aiohttp(decoded, limit), request, False, lambda: handler(request))
+
+
+def _wait_limit(timeout: aiohttp.ClientTimeout | float | None) -> float | None:
+    """How long a request may wait for an identical one in flight: the smaller of its timeout's `total` and
+    `sock_read` (a number is a total; aiohttp's own timer raises its timeout error at the total anyway)."""
+    if not isinstance(timeout, aiohttp.ClientTimeout):
+        return timeout
+    return min((limit for limit in (timeout.total, timeout.sock_read) if limit), default=None)
 
 
 def _patched(original: Callable) -> Callable:
@@ -154,7 +167,12 @@ def _patched(original: Callable) -> Callable:
     async def _request(self: ClientSession, method: str, str_or_url: Any, **kwargs: Any) -> ClientResponse:
         middlewares = kwargs.get("middlewares")
         decoded = kwargs.get("auto_decompress")
-        cache = functools.partial(_cache, decoded=self.auto_decompress if decoded is None else decoded)
+        timeout = kwargs.get("timeout", sentinel)
+        cache = functools.partial(
+            _cache,
+            decoded=self.auto_decompress if decoded is None else decoded,
+            limit=_wait_limit(self.timeout if timeout is sentinel else timeout),
+        )
         kwargs["middlewares"] = (*(self._middlewares if middlewares is None else middlewares), cache)
         return await original(self, method, str_or_url, **kwargs)
 

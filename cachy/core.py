@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import httpx
 from fastcore.meta import delegates
 
-from . import fileio, lines
+from . import fileio, inflight, lines
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
@@ -499,6 +499,7 @@ class Miss:
     document: Any  # the body's JSON, normalised: its fingerprint is stored to explain later misses
     why: str = ""  # with debug: why it missed, printed with the recorded line
     started: float = field(default_factory=time.perf_counter)
+    flight: inflight.Flight | None = None  # identical requests sent meanwhile wait for its entry
 
     @property
     def slot(self) -> str:
@@ -588,6 +589,27 @@ class Engine:
             miss.why = f" - why: {self._why(miss)}"
         return miss
 
+    def join(self, miss: Miss, limit: float | None) -> Entry | Miss:
+        """The entry of an identical request in flight, once it lands (see `inflight`), or `miss` to send live:
+        leading the requests that come meanwhile, or alone. With repeats, each request is its own."""
+        flying = None if self.repeats else inflight.lead_or_wait(self.store, miss.slot, self.mode == "record", limit)
+        return self._joined(miss, flying)
+
+    async def ajoin(self, miss: Miss, limit: float | None) -> Entry | Miss:
+        """`join`, awaiting the landing: the loop runs on."""
+        flying = (
+            None if self.repeats else await inflight.alead_or_wait(self.store, miss.slot, self.mode == "record", limit)
+        )
+        return self._joined(miss, flying)
+
+    def _joined(self, miss: Miss, found: inflight.Flight | Entry | None) -> Entry | Miss:
+        """An entry, counted as joined; or `miss`, leading `found` when that is a flight."""
+        if isinstance(found, Entry):
+            self.count(Outcome.JOINED, miss.call.method, miss.url, miss.slot)
+            return found
+        miss.flight = found
+        return miss
+
     def _why(self, miss: Miss) -> str:
         """Why `miss` missed, against what is recorded for its endpoint."""
         recorded = self.store.entries_for(miss.call.method, miss.url)
@@ -607,9 +629,9 @@ class Engine:
         if not self.records(status):
             self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, f" ({status}, not recorded)")
             return None
-        stored = self.stored_headers(headers)
-        self._save(miss, status, stored, body)
-        return Entry(status, stored, body)
+        entry = Entry(status, self.stored_headers(headers), body)
+        self._save(miss, entry, miss.flight)
+        return entry
 
     def record_stream(self, miss: Miss, status: int, headers: Mapping[str, str]) -> StreamRecording | None:
         """The recording of a live stream, or None when this response is not recorded."""
@@ -617,29 +639,37 @@ class Engine:
             self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, f" ({status}, not recorded)")
             return None
         stored = self.stored_headers(headers)
+        flight, miss.flight = miss.flight, None  # landed at the stream's end, not when `serve` returns
 
         def finished(body: bytes) -> None:
             if body.startswith(b"event: error") or b"\nevent: error" in body:  # anthropic's overloaded_error
                 self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, " (an error event)")
+                inflight.land(flight, None)
             else:
-                self._save(miss, status, stored, body)
+                self._save(miss, Entry(status, stored, body), flight)
 
         def abandoned(reason: str) -> None:
             self.count(Outcome.UNRECORDED, miss.call.method, miss.url, miss.slot, f" ({reason})")
+            inflight.land(flight, None)
 
         return StreamRecording(miss.started, stored, finished, abandoned)
 
-    def _save(self, miss: Miss, status: int, headers: dict[str, str], body: bytes) -> None:
-        """Append the entry. A file that cannot be written loses the entry, never the caller's answer."""
+    def _save(self, miss: Miss, entry: Entry, flight: inflight.Flight | None) -> None:
+        """Append the entry, then land `flight` with it. A file that cannot be written loses the entry, never
+        the caller's answer; the flight then lands empty, and its waiters go on by themselves."""
+        saved = None
         try:
-            self.store.append(miss.key, miss.n, miss.raw, self._line(miss, status, headers, body))
+            self.store.append(miss.key, miss.n, miss.raw, self._line(miss, entry.status, entry.headers, entry.body))
         except OSError as error:
             self.count(Outcome.UNRECORDED, miss.call.method, miss.url, miss.slot, f" (not saved: {error})")
             warn(
                 f"cachy passed on the answer to {miss.call.method} {miss.url} but it is not saved in {self.store.path}: {error}"
             )
-            return
-        self.count(Outcome.RECORDED, miss.call.method, miss.url, miss.slot, miss.why)
+        else:
+            saved = entry
+            self.count(Outcome.RECORDED, miss.call.method, miss.url, miss.slot, miss.why)
+        finally:
+            inflight.land(flight, saved)
 
     def _line(self, miss: Miss, status: int, headers: dict[str, str], body: bytes) -> bytes:
         """The entry's line: the request, the response, what the call cost, and the fingerprint of its fields."""
@@ -720,6 +750,9 @@ class Adapter(Protocol):
     def replay(self, entry: Entry, request: Any) -> Any:
         """A response of the transport's own type, built from a recorded entry."""
 
+    def wait_limit(self, request: Any) -> float | None:
+        """How long the request may wait for an identical one in flight: its client's timeout (None: none)."""
+
     def answer(self, engine: Engine, miss: Miss, request: Any, live: Any) -> Any:
         """The live response to a miss, recorded, and shaped as a later hit will replay it."""
 
@@ -732,11 +765,16 @@ def serve(adapter: Adapter, request: Any, stream: bool, send: Callable[[], Any])
     if engine is None:
         return send()
     found = engine.lookup(adapter.call(request, url, stream))
+    if isinstance(found, Miss):
+        found = engine.join(found, adapter.wait_limit(request))
     if isinstance(found, Entry):
         return adapter.replay(found, request)
-    with sending():
-        live = send()
-    return adapter.answer(engine, found, request, live)
+    try:
+        with sending():
+            live = send()
+        return adapter.answer(engine, found, request, live)
+    finally:
+        inflight.land(found.flight, None)  # unless it landed, or a stream's recording holds it: it lands empty
 
 
 async def aserve(adapter: Adapter, request: Any, stream: bool, send: Callable[[], Awaitable[Any]]) -> Any:
@@ -746,11 +784,16 @@ async def aserve(adapter: Adapter, request: Any, stream: bool, send: Callable[[]
     if engine is None:
         return await send()
     found = engine.lookup(await adapter.call(request, url, stream))
+    if isinstance(found, Miss):
+        found = await engine.ajoin(found, adapter.wait_limit(request))
     if isinstance(found, Entry):
         return adapter.replay(found, request)
-    with sending():
-        live = await send()
-    return adapter.answer(engine, found, request, live)
+    try:
+        with sending():
+            live = await send()
+        return adapter.answer(engine, found, request, live)
+    finally:
+        inflight.land(found.flight, None)
 
 
 _originals: dict[tuple[type, str], Callable] = {}  # what cachy replaced, to put back
@@ -802,6 +845,9 @@ class _Httpx:
     def call(self, request: httpx.Request, url: str, stream: bool) -> Call:
         request.read()  # a multipart upload is not read yet; reading keeps it sendable
         return Call(request.method, url, request.content, request.headers, stream)
+
+    def wait_limit(self, request: httpx.Request) -> float | None:
+        return request.extensions.get("timeout", {}).get("read")  # a live call waits for its answer that long
 
     def replay(self, entry: Entry, request: httpx.Request) -> httpx.Response:
         """A read response built from `entry`: stored bytes exactly, no stale length or encoding headers."""

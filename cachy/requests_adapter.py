@@ -95,8 +95,9 @@ class _LiveRaw:
 class _Requests:
     """`HTTPAdapter.send`, as `serve` walks it (see `cachy.core.Adapter`)."""
 
-    def __init__(self, adapter: HTTPAdapter):
+    def __init__(self, adapter: HTTPAdapter, timeout: Any):
         self._adapter = adapter  # the one sending: its `build_response` builds a replay as a live response
+        self._timeout = timeout  # `send`'s: a number, a (connect, read) pair, a urllib3 Timeout, or None
 
     def target(self, request: PreparedRequest) -> tuple[str, str, str]:
         url = request.url or ""
@@ -104,6 +105,11 @@ class _Requests:
 
     def call(self, request: PreparedRequest, url: str, stream: bool) -> Call:
         return Call(request.method or "GET", url, _body(request), request.headers, stream)
+
+    def wait_limit(self, request: PreparedRequest) -> float | None:
+        """The read timeout: a live call waits that long for its answer."""
+        timeout = self._timeout[-1] if isinstance(self._timeout, tuple) else self._timeout
+        return getattr(timeout, "read_timeout", timeout)
 
     def replay(self, entry: Entry, request: PreparedRequest) -> Response:
         """A response built from `entry` the way requests builds a live one, so it reads alike in every way."""
@@ -131,8 +137,16 @@ class _Requests:
 
 def _patched(original: Callable) -> Callable:
     @functools.wraps(original)
-    def send(self: HTTPAdapter, request: PreparedRequest, stream: bool = False, *args: Any, **kwargs: Any) -> Response:
-        return serve(_Requests(self), request, bool(stream), lambda: original(self, request, stream, *args, **kwargs))
+    def send(
+        self: HTTPAdapter,
+        request: PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Response:
+        send = functools.partial(original, self, request, stream, timeout, *args, **kwargs)
+        return serve(_Requests(self, timeout), request, bool(stream), send)
 
     return send
 

@@ -19,6 +19,7 @@ class Outcome(Enum):
     PASSED = ("passed", "passed")
     REPLAY_MISS = ("replay_misses", "replay miss")
     UNRECORDED = ("unrecorded", "not recorded")
+    JOINED = ("joined", "joined")
 
     def __init__(self, counter: str, label: str):
         self.counter = counter
@@ -34,6 +35,7 @@ class Stats:
     passed: int = 0
     replay_misses: int = 0
     unrecorded: int = 0  # live answers cachy could not store: a stream cut off, a file not writable
+    joined: int = 0  # answered by an identical request's live call, in flight at the same time
     saved_seconds: float = 0.0  # what the hits' live calls took when recorded
     saved_input_tokens: int = 0
     saved_output_tokens: int = 0
@@ -43,6 +45,8 @@ class Stats:
         counts = f"{self.hits} hits, {self.recorded} recorded, {self.passed} passed through, {self.replay_misses} replay misses"
         if self.unrecorded:
             counts += f", {self.unrecorded} not recorded"
+        if self.joined:
+            counts += f", {self.joined} joined"
         return f"{counts}; saved {self.savings()}" if self._saved_something() else counts
 
     def savings(self) -> str:
@@ -52,10 +56,10 @@ class Stats:
         return f"{spent} and {_short(self.saved_input_tokens + self.saved_output_tokens)} tokens"
 
     def count(self, outcome: Outcome, slot: str, entry: Entry | None = None) -> None:
-        """Count one request's outcome; a hit or a recording marks its slot used, and a hit's `entry` adds
+        """Count one request's outcome; a hit, a join or a recording marks its slot used, and a hit's `entry` adds
         what its live call cost to what was saved."""
         setattr(self, outcome.counter, getattr(self, outcome.counter) + 1)
-        if outcome is Outcome.HIT or outcome is Outcome.RECORDED:
+        if outcome is Outcome.HIT or outcome is Outcome.RECORDED or outcome is Outcome.JOINED:
             self.used.add(slot)
         if entry is not None:
             self.saved_seconds = round(self.saved_seconds + entry.seconds, 3)  # no float noise
@@ -86,6 +90,8 @@ class Stats:
         }
         if self.unrecorded:
             counts["not recorded"] = f"{self.unrecorded:,}"
+        if self.joined:
+            counts["joined"] = f"{self.joined:,}"
         if self._saved_something():
             counts["time saved"] = f"{self.saved_seconds:.1f} s"
             counts["tokens saved"] = f"{self.saved_input_tokens:,} in, {self.saved_output_tokens:,} out"
