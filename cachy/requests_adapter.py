@@ -145,8 +145,8 @@ def _patched(original: Callable) -> Callable:
         *args: Any,
         **kwargs: Any,
     ) -> Response:
-        send = functools.partial(original, self, request, stream, timeout, *args, **kwargs)
-        return serve(_Requests(self, timeout), request, bool(stream), send)
+        live = functools.partial(original, self, request, stream, timeout, *args, **kwargs)
+        return serve(_Requests(self, timeout), request, bool(stream), live)
 
     return send
 
