@@ -521,12 +521,17 @@ class Engine:
         self.kept_headers = tuple(sorted(name for name in {"content-type", *hdrs} if name not in lines.NEVER_STORED))
         self.rules = compiled_rules([store.path.parent, default_cache_dir()])
         self._subdomains = tuple("." + dom for dom in doms)
+        self._covered: dict[str, bool] = {}  # host -> whether it is cached
         self._occurrences: Counter[str] = Counter()  # with repeats: how often each key was asked
 
     def covers(self, host: str) -> bool:
-        """Whether `host` is one of `doms` or below one: the host is matched, never a substring of the URL."""
-        host = host.lower().rstrip(".")
-        return host in self.doms or host.endswith(self._subdomains)
+        """Whether `host` is one of `doms` or below one: the host is matched, never a substring of the URL.
+        Answered once per host, as a program calls a few hosts many times."""
+        covered = self._covered.get(host)
+        if covered is None:
+            name = host.lower().rstrip(".")
+            covered = self._covered[host] = name in self.doms or name.endswith(self._subdomains)
+        return covered
 
     def count(
         self, outcome: Outcome, method: str, url: str, slot: str = "-", detail: str = "", entry: Entry | None = None
