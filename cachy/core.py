@@ -154,6 +154,7 @@ def _normalised(call: Call, rules: list[tuple[re.Pattern, str]]) -> tuple[bytes,
 
 
 def _digest(head: str, body: bytes) -> str:
+    """The first KEY_CHARS hex characters of the SHA-256 of `head`, then `body`: 64 bits, for keys and raw digests."""
     digest = hashlib.sha256(head.encode())
     digest.update(body)
     return digest.hexdigest()[:KEY_CHARS]
@@ -163,6 +164,7 @@ _KEYED_HEADERS = ("anthropic-beta", "openai-beta")  # they change the answer; ot
 
 
 def _head(call: Call, url: str) -> str:
+    """What enters the key besides the body: method, public URL, stream flag, and the beta headers that change the answer."""
     head = f"{call.method}\n{url}\n{int(call.stream)}\n"
     for name in _KEYED_HEADERS:
         if name in call.headers:
@@ -222,6 +224,7 @@ class Store:
         self._endpoints: dict[tuple[str, str], list[dict]] = {}  # what explains misses, read at the first
 
     def _close(self) -> None:
+        """Close both descriptors and forget the file."""
         for fd in (self._reader, self._writer):
             if fd is not None:
                 os.close(fd)
@@ -273,6 +276,7 @@ class Store:
         return entry
 
     def _line_at(self, offset: int) -> Any:
+        """The parsed line at `offset`, or None when it is not JSON (or no file is open)."""
         return lines.parse_json(fileio.read_line(self._reader, offset)) if self._reader is not None else None
 
     def _line_number(self, offset: int) -> int:
@@ -314,6 +318,7 @@ class Store:
                 self._close()
 
     def _path_identity(self) -> tuple[int, int, int]:
+        """The identity of the file now at the path; zeros when there is none."""
         try:
             return fileio.identity(os.stat(self.path))
         except FileNotFoundError:
@@ -626,6 +631,7 @@ class Engine:
         return 200 <= status < 300 or (400 <= status < 500 and status not in _NOT_RECORDED_4XX)
 
     def stored_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The response headers an entry keeps: content-type and `hdrs`, never a secret nor one that would be stale."""
         return {name: headers[name] for name in self.kept_headers if name in headers}
 
     def record(self, miss: Miss, status: int, headers: Mapping[str, str], body: bytes) -> Entry | None:
@@ -813,6 +819,7 @@ def wrap(cls: type, name: str, wrapper: Callable[[Callable], Callable]) -> None:
 
 
 def _forget_after_fork() -> None:
+    """In a forked child, renew the locks a parent's thread may have held, and let each store start afresh."""
     global _stats_lock, _switch_lock
     _stats_lock = threading.Lock()
     _switch_lock = threading.RLock()
@@ -896,6 +903,8 @@ _HTTPX_ASYNC = _AsyncHttpx()
 
 
 def _patched_sync(original: Callable) -> Callable:
+    """`Client.send` walked through `serve`; every keyword (stream, auth, follow_redirects) goes on to `original`."""
+
     @functools.wraps(original)
     def send(self, request, **kwargs):
         return serve(_HTTPX_SYNC, request, bool(kwargs.get("stream")), lambda: original(self, request, **kwargs))
@@ -904,6 +913,8 @@ def _patched_sync(original: Callable) -> Callable:
 
 
 def _patched_async(original: Callable) -> Callable:
+    """`AsyncClient.send` walked through `aserve`."""
+
     @functools.wraps(original)
     async def send(self, request, **kwargs):
         return await aserve(
@@ -923,6 +934,7 @@ def _patch() -> None:
 
 
 def _unpatch() -> None:
+    """Put back every method `wrap` replaced, and stop waiting for requests and aiohttp to be imported."""
     for (cls, name), original in _originals.items():
         setattr(cls, name, original)
     _originals.clear()
@@ -945,6 +957,7 @@ def _names(value: Iterable[str] | None, argument: str) -> tuple[str, ...]:
 
 
 def _hosts(value: Iterable[str]) -> tuple[str, ...]:
+    """Host names, checked: a scheme, port or path is the usual slip, and would never match a host."""
     hosts = tuple(host.rstrip(".") for host in _names(value, "doms"))
     if wrong := [host for host in hosts if not host or "/" in host or ":" in host.strip("[]")]:
         raise ValueError(f"doms are host names, without scheme, port or path: {', '.join(map(repr, wrong))}")
@@ -1020,6 +1033,7 @@ def cachy_stats() -> Stats:
 
 
 def _cache_file(path: str | os.PathLike | None) -> Path:
+    """The cache file a path names: the file itself, or `cachy.jsonl` in a folder (default: the project's)."""
     file = Path(path) if path is not None else default_cache_dir()
     return file / "cachy.jsonl" if file.is_dir() else file
 

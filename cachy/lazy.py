@@ -23,12 +23,14 @@ class PatchOnImport:
         self.library, self.adapter = library, adapter
 
     def patch(self) -> None:
+        """Patch the library now if the program has imported it, else once it does."""
         if sys.modules.get(self.library) is not None:  # None: the program blocked the import
             importlib.import_module(self.adapter).patch()
         elif self not in sys.meta_path:
             sys.meta_path.insert(0, self)
 
     def stop_waiting(self) -> None:
+        """Stop waiting for the library's import: cachy was turned off first."""
         if self in sys.meta_path:
             sys.meta_path.remove(self)
 

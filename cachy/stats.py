@@ -74,10 +74,12 @@ class Stats:
         self.used |= other.used
 
     def to_dict(self) -> dict:
+        """The counts as plain JSON values: how a pytest-xdist worker hands them to the controller."""
         return {counter.name: getattr(self, counter.name) for counter in fields(self)} | {"used": sorted(self.used)}
 
     @classmethod
     def from_dict(cls, data: dict) -> Stats:
+        """The counts `to_dict` gave."""
         return cls(**{**data, "used": set(data["used"])})
 
     def _repr_html_(self) -> str:
@@ -104,6 +106,7 @@ class Stats:
 
 
 def _short(count: int) -> str:
+    """A token count as people read it: `182k` from ten thousand on."""
     return f"{count / 1000:.0f}k" if count >= 10_000 else f"{count:,}"
 
 
