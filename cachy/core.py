@@ -268,7 +268,9 @@ class Store:
                 if offset is None:
                     return None
                 data = self._line_at(offset)
-        entry = lines.entry_of(data) if lines.holds(data, slot) else None
+                if not lines.holds(data, slot):
+                    data = None
+        entry = None if data is None else lines.entry_of(data)
         if entry is None:
             with self._mutex:
                 self._index.forget(slot)
