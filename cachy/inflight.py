@@ -28,12 +28,16 @@ import os
 import threading
 import time
 from collections.abc import Generator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .lines import Entry
 
-if TYPE_CHECKING:
-    from .core import Store
+
+class Store(Protocol):
+    """What a flight needs of the store it caches in (`cachy.core.Store`): this module does not import the core."""
+
+    def find(self, slot: str) -> Entry | None: ...
+
 
 LONGEST_WAIT = 600.0  # seconds, for a client that sets no timeout: openai's own default
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .core import Stats
+    from .stats import Stats
 
 MODES = ("record", "replay", "refresh")  # cachy.core.MODES, which would import httpx; a test pins them equal
 
@@ -74,7 +74,7 @@ class CachySession:
             self.crashed_workers.append(str(getattr(node, "gateway", node).id))
             return
         if output["stats"] is not None:  # None: cachy was not used in that worker
-            from .core import Stats
+            from .stats import Stats
 
             self.add(Stats.from_dict(output["stats"]))
         self.deselected += output["deselected"]
