@@ -45,19 +45,14 @@ _flights: dict[tuple[Store, str], Flight] = {}  # the flights in the air, by sto
 _lock = threading.Lock()  # the table, and each flight's landing; renewed in a forked child
 
 
-def _owner() -> object:
-    """The task, or else the thread, that runs this code: what a flight it leads may be waiting on."""
-    try:
-        return asyncio.current_task() or threading.current_thread()
-    except RuntimeError:  # no loop runs in this thread
-        return threading.current_thread()
+def _owner(loop: asyncio.AbstractEventLoop | None) -> object:
+    """The task, or else the thread, that runs this code (`loop` is its running loop, if any): what a flight it
+    leads may be waiting on."""
+    task = asyncio.current_task(loop) if loop is not None else None
+    return task or threading.current_thread()
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+_running_loop = asyncio._get_running_loop  # None, where `get_running_loop` would raise: every miss asks
 
 
 class Flight:
@@ -66,11 +61,12 @@ class Flight:
 
     def __init__(self, place: tuple[Store, str]):
         self._place = place
-        self._landed = threading.Event()
+        self.landed = False
+        self._event: threading.Event | None = None  # made by the first thread that waits: most flights have none
         self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []  # async waiters
         self.entry: Entry | None = None
-        self.owner = _owner()
         self.loop = _running_loop()  # a thread that runs this loop must not block waiting for it
+        self.owner = _owner(self.loop)
 
     def land(self, entry: Entry | None) -> None:
         """End the flight: its waiters replay `entry`, or, given None, go on by themselves. Only the first
@@ -79,10 +75,12 @@ class Flight:
             if self.landed:
                 return
             self.entry = entry
-            self._landed.set()
+            self.landed = True
             if _flights.get(self._place) is self:
                 del _flights[self._place]
-            futures, self._futures = self._futures, []
+            event, futures, self._futures = self._event, self._futures, []
+        if event is not None:
+            event.set()
         for loop, future in futures:
             with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits there any more
                 loop.call_soon_threadsafe(_wake, future)
@@ -90,17 +88,20 @@ class Flight:
     def waitable(self, blocking: bool) -> bool:
         """Whether this thread or task may wait for the flight: not when it leads it (a stream it has not read
         yet), nor, for a blocking wait, when it runs the loop the flight's leader needs."""
-        if self.owner is _owner():
+        loop = _running_loop()
+        if self.owner is _owner(loop):
             return False
-        return not blocking or self.loop is None or self.loop is not _running_loop()
-
-    @property
-    def landed(self) -> bool:
-        return self._landed.is_set()
+        return not blocking or self.loop is None or self.loop is not loop
 
     def wait(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the landing, blocking this thread."""
-        self._landed.wait(timeout)
+        with _lock:
+            if self.landed:
+                return
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        event.wait(timeout)
 
     async def landing(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the landing, without blocking this task's loop."""
