@@ -262,6 +262,8 @@ def http_module(distribution: str) -> ModuleType:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 256  # socketserver's 5 resets connections that come 50 at once (tests of coalescing)
+
     def handle_error(self, request, client_address):
         if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hangs up is no server error
             super().handle_error(request, client_address)

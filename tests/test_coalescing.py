@@ -45,7 +45,6 @@ def _reply(request: httpx.Request, n: int, fails: int = 0):
 @pytest.fixture
 def server():
     with Server(_reply, pause=0.005) as upstream:
-        upstream._server.socket.listen(256)  # socketserver's backlog of 5 resets connections that come 50 at once
         yield upstream
 
 
