@@ -117,14 +117,19 @@ def _stream_flags(formula: Formula, call: Call) -> tuple[str, ...]:
     return (str(call.stream),)
 
 
+def formula_keys(formula: Formula, call: Call) -> list[str]:
+    """The request's keys under `formula`: one, or two when the stream argument it hashed is not known."""
+    url, body = _url(formula, call), _body(formula, call)
+    accept = call.headers.get("accept", "") if formula.accept else ""
+    prefixes = (f"{url}{flag}{accept}".encode("utf-8", "surrogateescape") for flag in _stream_flags(formula, call))
+    return [hashlib.sha256(prefix + body).hexdigest()[:8] for prefix in prefixes]
+
+
 def keys(call: Call) -> Iterator[str]:
     """The request's key under each formula, newest first, each once."""
     seen = set()
     for formula in FORMULAS:
-        url, body = _url(formula, call), _body(formula, call)
-        accept = call.headers.get("accept", "") if formula.accept else ""
-        for flag in _stream_flags(formula, call):
-            key = hashlib.sha256(f"{url}{flag}{accept}".encode("utf-8", "surrogateescape") + body).hexdigest()[:8]
+        for key in formula_keys(formula, call):
             if key not in seen:
                 seen.add(key)
                 yield key
