@@ -70,7 +70,9 @@ print(json.dumps(keys))
 def keys_of(release: Path) -> dict[str, str | None]:
     """The reference requests' keys under the release installed in folder `release`."""
     env = {"PYTHONPATH": str(release), "PATH": "/usr/bin:/bin"}  # run from / : the working folder would come first
-    done = subprocess.run([sys.executable, "-c", _DRIVER], env=env, cwd="/", capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _DRIVER], env=env, cwd="/", capture_output=True, text=True, check=False
+    )
     if done.returncode:
         raise SystemExit(f"{release}: {done.stderr}")
     return json.loads(done.stdout.splitlines()[-1])
