@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # for type checkers and editors; __all__ is built from _HOMES
         request_key,
     )
     from .errors import CachyMiss, CachyWarning  # noqa: F401
-    from .normalise import key_rules  # noqa: F401
+    from .normalise import key_rules, norm_pats  # noqa: F401
     from .stats import Stats  # noqa: F401
 
 __version__ = "0.1.0"
@@ -43,6 +43,7 @@ _HOMES = {
     "enable_cachy": "core",
     "key_rules": "normalise",
     "no_cachy": "core",
+    "norm_pats": "normalise",
     "prune_cachy": "core",
     "request_key": "core",
 }  # the module each public name is defined in

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from . import demo
 from .core import KEY_VERSION, compact_cachy, default_cache_dir, scan_file
-from .lines import entry_of, key_field, slot
+from .lines import ORIGINAL_KEY, entry_of, key_field, slot
 from .stats import Stats
 
 
@@ -41,12 +41,18 @@ def stats(path: str | None) -> None:
     size_by_endpoint: Counter[str] = Counter()
     dates: list[str] = []
     saved = Stats()  # what a replay of every entry saves
+    originals: set[str] = set()  # keys of the original cachy's entries
+    upgraded: set[str] = set()  # the original's keys that entries of this cachy's were upgraded from
     for number, line, entry in scan_file(file):
         if entry is None:
             damaged.append(number)
             continue
         keys[slot(entry["key"], entry.get("n", 1))] += 1
-        versions[entry.get("v", 1)] += 1
+        if "v" not in entry and ORIGINAL_KEY.fullmatch(entry["key"]):
+            originals.add(entry["key"])
+        else:
+            versions[entry.get("v", 1)] += 1
+            upgraded.add(entry.get("from"))
         dates += [entry["recorded_at"]] if isinstance(entry.get("recorded_at"), str) else []
         replayed = entry_of(entry)  # what a hit reads: fields written before, or null, count nothing
         saved.saved_seconds += replayed.seconds
@@ -63,6 +69,12 @@ def stats(path: str | None) -> None:
     by_version = ", ".join(f"{count} by version {version}" for version, count in sorted(versions.items()))
     stale = " (stale: cachy compact --drop-stale drops them)" if set(versions) - {KEY_VERSION} else ""
     print(f"key versions: {by_version or 'none'}; this cachy writes version {KEY_VERSION}{stale}")
+    if originals:
+        done = len(originals & upgraded)
+        print(
+            f"the original cachy's entries: {len(originals)}, {done} upgraded to this cachy's format"
+            + (" (cachy compact --drop-stale drops the upgraded ones)" if done else " (record mode upgrades them)")
+        )
     print(f"recorded: {f'{min(dates)} to {max(dates)}' if dates else 'no dates (written before cachy kept them)'}")
     print(f"a replay of every entry saves {saved.savings()}")
     if endpoints:
@@ -82,7 +94,7 @@ def _body(entry: dict) -> str:
     """JSON indented, server-sent events one by one, binary summarised."""
     if entry.get("binary"):
         return f"<{len(base64.b64decode(entry['response'])):,} bytes of binary data>"
-    if "text/event-stream" not in entry["headers"].get("content-type", ""):
+    if "text/event-stream" not in (entry.get("headers") or {}).get("content-type", ""):  # the original kept none
         return _pretty(entry["response"])
     events = [event for event in entry["response"].split("\n\n") if event.strip()]
     return "\n".join(f"--- event {number}\n{event}" for number, event in enumerate(events, 1))
@@ -146,7 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.set_defaults(run=lambda args: show(args.key, args.path))
     sub = commands.add_parser("compact", help=compact.__doc__, description=compact.__doc__)
     sub.add_argument("path", nargs="?", help=where)
-    sub.add_argument("--drop-stale", action="store_true", help="also drop entries written by another key version")
+    sub.add_argument(
+        "--drop-stale",
+        action="store_true",
+        help="also drop entries written by another key version, and the original cachy's entries once upgraded",
+    )
     sub.set_defaults(run=lambda args: compact(args.path, args.drop_stale))
     sub = commands.add_parser("demo", help="record and replay calls to a fake provider, offline, and show the timings")
     sub.set_defaults(run=lambda args: demo.run())

@@ -37,9 +37,8 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
-from fastcore.meta import delegates
 
-from . import fileio, inflight, lines
+from . import fileio, inflight, lines, original
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
@@ -249,6 +248,11 @@ class Store:
             elif stat.st_size != self._identity[1]:
                 self._sync()
 
+    @property
+    def holds_originals(self) -> bool:
+        """Whether the file held entries of the original cachy's, as of the last `catch_up`: `find` takes their keys."""
+        return self._index.originals > 0
+
     def key_of_raw(self, raw: str) -> str | None:
         """The key that the exact bytes with digest `raw` were recorded under, as of the last `catch_up`."""
         return self._index.key_of_raw(raw)
@@ -360,7 +364,9 @@ class Store:
         if original:
             warn(
                 f"{self.path} has {original} entries with 8-character keys, as the original cachy (pycachy) "
-                "writes them: this cachy keys requests differently, so they will not hit. Record them again."
+                "writes them: they are served (a request hits when a release of the original would have keyed it "
+                "so), and in record mode each one used is upgraded to an entry of this cachy's. Once a run has "
+                "used them all, cachy compact --drop-stale drops the upgraded ones."
             )
         stale = {version: n for version, n in self._index.versions.items() if version != KEY_VERSION}
         if stale and not self._stale_reported:
@@ -410,15 +416,20 @@ class Store:
                 text_lines = 0  # damaged lines that hold text: many of them, and this is no cache file
                 stale = 0
                 count = 0
+                upgraded = set()  # the original's keys that cachy's entries were upgraded from
                 for number, line, head in lines.scan(self._reader):
                     if head is None:
                         damaged.append(number)
                         text_lines += bool(line.strip())
-                    elif drop_stale and head.version != KEY_VERSION:
+                    elif drop_stale and head.version != KEY_VERSION and not lines.ORIGINAL_KEY.fullmatch(head.key):
                         stale += 1
                     else:
                         count += 1
                         latest[(head.key, head.n)] = line
+                        upgraded.add(original.upgraded_from(line))
+                if drop_stale:  # the original's entries are stale once upgraded; the others still serve
+                    dropped = [key for key in upgraded if latest.pop((key, 1), None) is not None]
+                    stale, count = stale + len(dropped), count - len(dropped)
                 if text_lines > count + stale:
                     raise ValueError(
                         f"{self.path} is not a cachy file: most of its lines are not entries. Left unchanged."
@@ -507,6 +518,7 @@ class Miss:
     why: str = ""  # with debug: why it missed, printed with the recorded line
     started: float = field(default_factory=time.perf_counter)
     flight: inflight.Flight | None = None  # identical requests sent meanwhile wait for its entry
+    upgrades: str = ""  # the key of the original cachy's entry that answered it, to be stored in cachy's format
 
     @property
     def slot(self) -> str:
@@ -517,7 +529,7 @@ class Engine:
     """What cachy does with a request, whichever transport sent it: key, look up, replay or record, count."""
 
     def __init__(
-        self, store: Store, doms: tuple[str, ...], hdrs: tuple[str, ...], mode: str, debug: bool, repeats: bool
+        self, store: Store, doms: tuple[str, ...], hdrs: tuple[str, ...], mode: str, debug: bool | str, repeats: bool
     ):
         self.store = store
         self.doms = doms
@@ -543,10 +555,11 @@ class Engine:
     def count(
         self, outcome: Outcome, method: str, url: str, slot: str = "-", detail: str = "", entry: Entry | None = None
     ) -> None:
-        """Count what happened to a request, and what a hit's `entry` saved; with debug, print it."""
+        """Count what happened to a request, and what a hit's `entry` saved; with debug, print it (with
+        debug="miss", as the original's, only a request looked up and not found)."""
         with _stats_lock:
             self.stats.count(outcome, slot, entry)
-        if self.debug:
+        if self.debug and (self.debug != "miss" or (outcome.missed and slot != "-")):
             print(f"cachy {outcome.label:<12} {slot:<16} {method} {url}{detail}", file=sys.stderr)
 
     # ------------------------------------------------------------------------------ looking up
@@ -568,7 +581,25 @@ class Engine:
             return entry
         if document is None and call.body:  # a hit by these exact bytes whose entry turned out damaged
             document = _normalised(call, self.rules)[1]
-        return self._missed(Miss(call, url, key, raw, n, document))
+        miss = Miss(call, url, key, raw, n, document)
+        if looks and n == 1 and self.store.holds_originals:
+            entry = self._from_original(miss)
+            if entry is not None:
+                return entry
+        return self._missed(miss)
+
+    def _from_original(self, miss: Miss) -> Entry | None:
+        """The original cachy's entry for the request (see `original`), with the headers cachy keeps; in record
+        mode stored in cachy's format too, so that later runs hit by cachy's key. Replay mode writes nothing."""
+        found = original.find(self.store, miss.call)
+        if found is None:
+            return None
+        entry = Entry(found[1].status, self.stored_headers(found[1].headers), found[1].body, usage=usage(found[1].body))
+        self.count(Outcome.HIT, miss.call.method, miss.url, found[0], " (the original cachy's entry)", entry)
+        if self.mode == "record":
+            miss.upgrades = found[0]
+            self._save(miss, entry, None)
+        return entry
 
     def _key_of(self, call: Call, head: str, raw: str, looks: bool) -> tuple[str, Any]:
         """The key of `call`, and its JSON body if it had to be parsed: a re-run sends the same bytes, found by
@@ -680,7 +711,9 @@ class Engine:
             )
         else:
             saved = entry
-            self.count(Outcome.RECORDED, miss.call.method, miss.url, miss.slot, miss.why)
+            self.count(
+                Outcome.UPGRADED if miss.upgrades else Outcome.RECORDED, miss.call.method, miss.url, miss.slot, miss.why
+            )
         finally:
             inflight.land(flight, saved)
 
@@ -703,6 +736,8 @@ class Engine:
             fields["usage"] = tokens
         if miss.document is not None:
             fields["shape"] = fingerprint(miss.document)
+        if miss.upgrades:
+            fields["from"] = miss.upgrades
         return lines.entry_line(miss.key, miss.raw, KEY_VERSION, miss.n, fields)
 
 
@@ -937,8 +972,8 @@ def _patch() -> None:
 
 def _unpatch() -> None:
     """Put back every method `wrap` replaced, and stop waiting for requests and aiohttp to be imported."""
-    for (cls, name), original in _originals.items():
-        setattr(cls, name, original)
+    for (cls, name), method in _originals.items():
+        setattr(cls, name, method)
     _originals.clear()
     for adapter in _ADAPTERS:
         adapter.stop_waiting()
@@ -977,7 +1012,7 @@ def _engine(
     doms: Iterable[str] = doms,
     hdrs: Iterable[str] | None = None,
     mode: str | None = None,
-    debug: bool = False,
+    debug: bool | str = False,
     repeats: bool = False,
 ) -> Engine:
     """Check the arguments of `enable_cachy` and make the engine they describe."""
@@ -988,6 +1023,8 @@ def _engine(
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if folder.is_file():
         raise NotADirectoryError(f"cache_dir {folder} is a file: give the folder that holds (or will hold) cachy.jsonl")
+    if debug not in (True, False, "miss"):
+        raise ValueError(f"debug is True, False or 'miss' (print only misses), not {debug!r}")
     hosts = _hosts(doms)
     headers = _names(hdrs, "hdrs")
     folder.mkdir(parents=True, exist_ok=True)
@@ -1001,13 +1038,14 @@ def enable_cachy(
     doms: Iterable[str] = doms,
     hdrs: Iterable[str] | None = None,
     mode: str | None = None,
-    debug: bool = False,
+    debug: bool | str = False,
     repeats: bool = False,
 ) -> None:
     """Answer requests to `doms` from `cache_dir/cachy.jsonl`, and record the ones not seen before.
 
     `hdrs` names response headers to keep besides content-type (Gemini uploads need two). `mode` is
     "record" (default), "replay" (a miss raises CachyMiss) or "refresh"; `CACHY_MODE` sets the default.
+    `debug=True` prints what happens to each request to stderr; `debug="miss"`, only the misses.
     `repeats=True` gives the n-th identical request the n-th recorded answer, for sampling."""
     global _enabled
     engine = _engine(cache_dir, doms, hdrs, mode, debug, repeats)
@@ -1045,7 +1083,7 @@ def compact_cachy(
 ) -> Rewrite:
     """Rewrite a cache file (or the one in a folder) deduplicated (last wins), without damaged lines, sorted
     by key, atomically. With `keep`, entries whose key is not in it are dropped too; with `drop_stale`, those
-    written by another key version."""
+    written by another key version, and the original cachy's entries that were upgraded to this cachy's format."""
     return _store_for(_cache_file(path)).rewrite(keep, drop_stale)
 
 
@@ -1109,10 +1147,17 @@ class cachy:  # noqa: N801 - reads as a statement: `with cachy():`
     and every other thread too unless a later block is open. One instance may be entered again, nested or
     from several threads: each entry is its own."""
 
-    @delegates(enable_cachy)
     def __init__(self, **enable_kwargs):
         self._kwargs = enable_kwargs
         self._entered: list[Engine] = []  # this instance's open blocks, oldest first
+
+    # enable_cachy's parameters, for help() and completion: fastcore's `delegates` does this only from 2.2.7 on
+    __init__.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            *(p.replace(kind=p.KEYWORD_ONLY) for p in inspect.signature(enable_cachy).parameters.values()),
+        ]
+    )
 
     def __call__(self, function: Callable) -> Callable:
         return _decorated(function, lambda: cachy(**self._kwargs))

@@ -39,6 +39,7 @@ class Index:
         self._last_head = b""  # and how it starts (see `in_place`)
         self._unfinished_at = -1  # where an unfinished last line starts, once reported: it is reported once
         self.versions: Counter[int] = Counter()  # entries by the key version that wrote them
+        self.originals = 0  # lines in the original cachy's format, indexed by their 8-character keys
 
     def offset(self, slot: str) -> int | None:
         return self._offsets.get(slot.encode())
@@ -118,8 +119,10 @@ class Index:
         head = lines.head_of(line[start:])
         if head is None:
             return True
-        if head.version == 1 and lines.ORIGINAL_KEY.fullmatch(head.key):
+        if head.version == 1 and lines.ORIGINAL_KEY.fullmatch(head.key):  # apart by its length from cachy's keys
             found.original += 1
+            self.originals += 1
+            self._offsets[head.key.encode()] = offset + start
             return False
         self._offsets[head.slot.encode()] = offset + start
         if head.raw is not None:

@@ -166,6 +166,8 @@ def entry_of(data: Any) -> Entry | None:
     must never fail inside `send` (SDKs would retry that as a "connection error")."""
     if not isinstance(data, dict):
         return None
+    if "v" not in data and isinstance(data.get("key"), str) and ORIGINAL_KEY.fullmatch(data["key"]):
+        data = _as_the_original_read_it(data)
     status, headers, response = data.get("status_code"), data.get("headers"), data.get("response")
     if type(status) is not int or not 100 <= status <= 599 or not isinstance(response, str):
         return None
@@ -186,6 +188,16 @@ def entry_of(data: Any) -> Entry | None:
         seconds = 0.0
     usage = {k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {}
     return Entry(status, kept, body, float(seconds), usage)
+
+
+def _as_the_original_read_it(data: dict) -> dict:
+    """An entry the original cachy wrote, with what its early releases left out as it read them: status 200,
+    no headers (absent, or null), not binary. A field that is there must still have the right type."""
+    return {
+        **data,
+        "status_code": data.get("status_code", 200),
+        "headers": {} if data.get("headers") is None else data["headers"],
+    }
 
 
 def scan(fd: int) -> Iterator[tuple[int, bytes, Head | None]]:

@@ -62,6 +62,10 @@ string or a function of the match. Only the key changes: the body sent and store
 before `enable_cachy`; at enable time cachy adds the project's folders (`<project>`) to the folders rule."""
 
 
+norm_pats = key_rules
+"""The original cachy's name for `key_rules`: the same list, so `cachy.norm_pats.append(...)` works as before."""
+
+
 def compiled_rules(projects: Iterable[Path]) -> list[tuple[re.Pattern, Any]]:
     """`key_rules` as they stand, compiled, with the project's folders joined to the folders rule."""
     compiled = []

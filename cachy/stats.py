@@ -14,16 +14,18 @@ from .lines import Entry, parse_json
 class Outcome(Enum):
     """What happened to one request: the `Stats` counter it adds to, and how `debug=True` names it."""
 
-    HIT = ("hits", "hit")
-    RECORDED = ("recorded", "recorded")
-    PASSED = ("passed", "passed")
-    REPLAY_MISS = ("replay_misses", "replay miss")
-    UNRECORDED = ("unrecorded", "not recorded")
-    JOINED = ("joined", "joined")
+    HIT = ("hits", "hit", False)
+    RECORDED = ("recorded", "recorded", True)
+    PASSED = ("passed", "passed", True)
+    REPLAY_MISS = ("replay_misses", "replay miss", True)
+    UNRECORDED = ("unrecorded", "not recorded", True)
+    JOINED = ("joined", "joined", False)
+    UPGRADED = ("upgraded", "upgraded", False)  # a hit on the original's entry, stored again in cachy's format
 
-    def __init__(self, counter: str, label: str):
+    def __init__(self, counter: str, label: str, missed: bool):
         self.counter = counter
         self.label = label
+        self.missed = missed  # not answered from the file: what debug="miss" prints
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Stats:
     replay_misses: int = 0
     unrecorded: int = 0  # live answers cachy could not store: a stream cut off, a file not writable
     joined: int = 0  # answered by an identical request's live call, in flight at the same time
+    upgraded: int = 0  # hits on the original cachy's entries, stored again in cachy's own format
     saved_seconds: float = 0.0  # what the hits' live calls took when recorded
     saved_input_tokens: int = 0
     saved_output_tokens: int = 0
@@ -47,6 +50,8 @@ class Stats:
             counts += f", {self.unrecorded} not recorded"
         if self.joined:
             counts += f", {self.joined} joined"
+        if self.upgraded:
+            counts += f", {self.upgraded} upgraded from the original's format"
         return f"{counts}; saved {self.savings()}" if self._saved_something() else counts
 
     def savings(self) -> str:
@@ -59,7 +64,12 @@ class Stats:
         """Count one request's outcome; a hit, a join or a recording marks its slot used, and a hit's `entry` adds
         what its live call cost to what was saved."""
         setattr(self, outcome.counter, getattr(self, outcome.counter) + 1)
-        if outcome is Outcome.HIT or outcome is Outcome.RECORDED or outcome is Outcome.JOINED:
+        if (
+            outcome is Outcome.HIT
+            or outcome is Outcome.RECORDED
+            or outcome is Outcome.JOINED
+            or outcome is Outcome.UPGRADED
+        ):
             self.used.add(slot)
         if entry is not None:
             self.saved_seconds = round(self.saved_seconds + entry.seconds, 3)  # no float noise
@@ -94,6 +104,8 @@ class Stats:
             counts["not recorded"] = f"{self.unrecorded:,}"
         if self.joined:
             counts["joined"] = f"{self.joined:,}"
+        if self.upgraded:
+            counts["upgraded"] = f"{self.upgraded:,}"
         if self._saved_something():
             counts["time saved"] = f"{self.saved_seconds:.1f} s"
             counts["tokens saved"] = f"{self.saved_input_tokens:,} in, {self.saved_output_tokens:,} out"
