@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import httpx
 from fastcore.meta import delegates
 
-from . import fileio, inflight, lines
+from . import fileio, inflight, lines, uploads
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
@@ -185,7 +185,7 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
     engine = _current_engine()
     rules = engine.rules if engine else compiled_rules([default_cache_dir()])
     call = Call(request.method, str(request.url), request.content, request.headers, stream)
-    return _key(_head(call, public_url(call.url)), _normalised(call, rules)[0])
+    return _key(_head(call, uploads.session_free(public_url(call.url))), _normalised(call, rules)[0])
 
 
 # ---------------------------------------------------------------------------------------- store
@@ -498,6 +498,7 @@ class Miss:
     n: int
     document: Any  # the body's JSON, normalised: its fingerprint is stored to explain later misses
     why: str = ""  # with debug: why it missed, printed with the recorded line
+    recorded: bool = False  # an upload's start, sent live in record mode though recorded (see `uploads`)
     started: float = field(default_factory=time.perf_counter)
     flight: inflight.Flight | None = None  # identical requests sent meanwhile wait for its entry
 
@@ -541,7 +542,7 @@ class Engine:
     def lookup(self, call: Call) -> Entry | Miss:
         """The recorded response to `call` when there is one, else the Miss to record the live one with; in
         replay mode a miss raises CachyMiss. Refresh mode never looks, and records over what was there."""
-        url = public_url(call.url)
+        url = uploads.session_free(public_url(call.url))
         head = _head(call, url)
         raw = _raw_digest(head, call)
         looks = self.mode != "refresh"
@@ -551,12 +552,13 @@ class Engine:
         n = self._occurrence(key) if self.repeats else 1
         slot = lines.slot(key, n)
         entry = self.store.find(slot) if looks else None
-        if entry is not None:
+        live_start = entry is not None and self.mode == "record" and uploads.starts_upload(url, call.headers)
+        if entry is not None and not live_start:
             self.count(Outcome.HIT, call.method, url, slot, entry=entry)
             return entry
         if document is None and call.body:  # a hit by these exact bytes whose entry turned out damaged
             document = _normalised(call, self.rules)[1]
-        return self._missed(Miss(call, url, key, raw, n, document))
+        return self._missed(Miss(call, url, key, raw, n, document, recorded=live_start))
 
     def _key_of(self, call: Call, head: str, raw: str, looks: bool) -> tuple[str, Any]:
         """The key of `call`, and its JSON body if it had to be parsed: a re-run sends the same bytes, found by
@@ -592,14 +594,14 @@ class Engine:
     def join(self, miss: Miss, limit: float | None) -> Entry | Miss:
         """The entry of an identical request in flight, once it lands (see `inflight`), or `miss` to send live:
         leading the requests that come meanwhile, or alone. With repeats, each request is its own."""
-        flying = None if self.repeats else inflight.lead_or_wait(self.store, miss.slot, self.mode == "record", limit)
+        alone = self.repeats or uploads.starts_upload(miss.url, miss.call.headers)  # each file its own session
+        flying = None if alone else inflight.lead_or_wait(self.store, miss.slot, self.mode == "record", limit)
         return self._joined(miss, flying)
 
     async def ajoin(self, miss: Miss, limit: float | None) -> Entry | Miss:
         """`join`, awaiting the landing: the loop runs on."""
-        flying = (
-            None if self.repeats else await inflight.alead_or_wait(self.store, miss.slot, self.mode == "record", limit)
-        )
+        alone = self.repeats or uploads.starts_upload(miss.url, miss.call.headers)
+        flying = None if alone else await inflight.alead_or_wait(self.store, miss.slot, self.mode == "record", limit)
         return self._joined(miss, flying)
 
     def _joined(self, miss: Miss, found: inflight.Flight | Entry | None) -> Entry | Miss:
@@ -620,8 +622,10 @@ class Engine:
         """2xx, and the 4xx the request itself causes; never 5xx, nor what depends on credentials or load."""
         return 200 <= status < 300 or (400 <= status < 500 and status not in _NOT_RECORDED_4XX)
 
-    def stored_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        return {name: headers[name] for name in self.kept_headers if name in headers}
+    def stored_headers(self, url: str, headers: Mapping[str, str]) -> dict[str, str]:
+        """The response headers kept: content-type, `hdrs`, and what Google's uploads need (see `uploads`)."""
+        kept = {name: headers[name] for name in self.kept_headers if name in headers}
+        return kept | uploads.upload_headers(url, headers, public_url)
 
     def record(self, miss: Miss, status: int, headers: Mapping[str, str], body: bytes) -> Entry | None:
         """Store a complete live response. Returns what a later hit will replay, for the adapter to answer with;
@@ -629,7 +633,7 @@ class Engine:
         if not self.records(status):
             self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, f" ({status}, not recorded)")
             return None
-        entry = Entry(status, self.stored_headers(headers), body)
+        entry = Entry(status, self.stored_headers(miss.url, headers), body)
         self._save(miss, entry, miss.flight)
         return entry
 
@@ -638,7 +642,7 @@ class Engine:
         if not self.records(status):
             self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, f" ({status}, not recorded)")
             return None
-        stored = self.stored_headers(headers)
+        stored = self.stored_headers(miss.url, headers)
         flight, miss.flight = miss.flight, None  # landed at the stream's end, not when `serve` returns
 
         def finished(body: bytes) -> None:
@@ -657,6 +661,10 @@ class Engine:
     def _save(self, miss: Miss, entry: Entry, flight: inflight.Flight | None) -> None:
         """Append the entry, then land `flight` with it. A file that cannot be written loses the entry, never
         the caller's answer; the flight then lands empty, and its waiters go on by themselves."""
+        if miss.recorded:  # an upload's start: its entry is written once, and replays every start
+            self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, " (an upload's start, recorded before)")
+            inflight.land(flight, None)
+            return
         saved = None
         try:
             self.store.append(miss.key, miss.n, miss.raw, self._line(miss, entry.status, entry.headers, entry.body))
