@@ -7,11 +7,12 @@ import base64
 import json
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import demo
+from . import demo, expiry
 from .core import KEY_VERSION, compact_cachy, default_cache_dir, scan_file
 from .lines import entry_of, key_field, slot
 from .stats import Stats
@@ -40,6 +41,8 @@ def stats(path: str | None) -> None:
     endpoints: Counter[str] = Counter()
     size_by_endpoint: Counter[str] = Counter()
     dates: list[str] = []
+    ages: Counter[str] = Counter()
+    now = time.time()
     saved = Stats()  # what a replay of every entry saves
     for number, line, entry in scan_file(file):
         if entry is None:
@@ -48,6 +51,7 @@ def stats(path: str | None) -> None:
         keys[slot(entry["key"], entry.get("n", 1))] += 1
         versions[entry.get("v", 1)] += 1
         dates += [entry["recorded_at"]] if isinstance(entry.get("recorded_at"), str) else []
+        ages[expiry.bucket(expiry.age_of(entry.get("recorded_at"), now))] += 1
         replayed = entry_of(entry)  # what a hit reads: fields written before, or null, count nothing
         saved.saved_seconds += replayed.seconds
         saved.saved_input_tokens += replayed.usage.get("input", 0)
@@ -64,6 +68,8 @@ def stats(path: str | None) -> None:
     stale = " (stale: cachy compact --drop-stale drops them)" if set(versions) - {KEY_VERSION} else ""
     print(f"key versions: {by_version or 'none'}; this cachy writes version {KEY_VERSION}{stale}")
     print(f"recorded: {f'{min(dates)} to {max(dates)}' if dates else 'no dates (written before cachy kept them)'}")
+    groups = [*(name for _, name in expiry.BUCKETS), "older", "no recording time"]
+    print(f"ages: {', '.join(f'{ages[name]} {name}' for name in groups if ages[name]) or 'none'}")
     print(f"a replay of every entry saves {saved.savings()}")
     if endpoints:
         print(f"\n{'entries':>8} {'bytes':>12}  endpoint")
@@ -118,14 +124,17 @@ def show(key: str, path: str | None) -> None:
     print(_body(entry))
 
 
-def compact(path: str | None, drop_stale: bool = False) -> None:
+def compact(path: str | None, drop_stale: bool = False, older_than: str | None = None) -> None:
     """Rewrite the file deduplicated, without damaged lines, sorted by key."""
     file = _existing_cache_file(path)
     try:
-        result = compact_cachy(file, drop_stale=drop_stale)
+        result = compact_cachy(file, drop_stale=drop_stale, older_than=older_than)
     except ValueError as refusal:
         raise _UserError(str(refusal)) from None
     stale = f", dropped {result.stale} entries of other key versions" if drop_stale else ""
+    if older_than:
+        stale += f", dropped {result.expired} entries older than {older_than}"
+        stale += f" (kept {result.undated} with no recording time)" if result.undated else ""
     print(
         f"{file}: kept {result.kept} entries, dropped {result.duplicates} duplicates{stale}, damaged lines dropped: {result.damaged or 'none'}"
     )
@@ -147,7 +156,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("compact", help=compact.__doc__, description=compact.__doc__)
     sub.add_argument("path", nargs="?", help=where)
     sub.add_argument("--drop-stale", action="store_true", help="also drop entries written by another key version")
-    sub.set_defaults(run=lambda args: compact(args.path, args.drop_stale))
+    sub.add_argument(
+        "--older-than", metavar="AGE", help='also drop entries recorded longer ago than AGE: "30d", "12h", "90m"'
+    )
+    sub.set_defaults(run=lambda args: compact(args.path, args.drop_stale, args.older_than))
     sub = commands.add_parser("demo", help="record and replay calls to a fake provider, offline, and show the timings")
     sub.set_defaults(run=lambda args: demo.run())
     return parser

@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import httpx
 from fastcore.meta import delegates
 
-from . import fileio, inflight, lines, uploads
+from . import expiry, fileio, inflight, lines, uploads
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
@@ -198,6 +198,8 @@ class Rewrite:
     damaged: list[int]
     pruned: int = 0
     stale: int = 0
+    expired: int = 0  # dropped as older than `older_than`
+    undated: int = 0  # kept with `older_than`, as they have no recording time
 
 
 class Store:
@@ -389,7 +391,7 @@ class Store:
                 self._endpoints.clear()
                 self._identity = fileio.identity(os.fstat(self._writer))
 
-    def rewrite(self, keep: set[str] | None = None, drop_stale: bool = False) -> Rewrite:
+    def rewrite(self, keep: set[str] | None = None, drop_stale: bool = False, older_than: float = 0) -> Rewrite:
         """Rewrite the file atomically: the last entry per key and occurrence, damaged lines dropped, sorted,
         mode kept. Refuses a file most of whose lines are not entries: it is not a cache file."""
         with self._mutex:
@@ -416,7 +418,9 @@ class Store:
                     raise ValueError(
                         f"{self.path} is not a cachy file: most of its lines are not entries. Left unchanged."
                     )
-                kept = sorted(slot for slot in latest if keep is None or lines.slot(*slot) in keep)
+                wanted = [slot for slot in latest if keep is None or lines.slot(*slot) in keep]
+                aged, undated = expiry.older_than({slot: latest[slot] for slot in wanted}, older_than)
+                kept = sorted(slot for slot in wanted if slot not in aged)
                 fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".cachy-", suffix=".tmp")
                 try:
                     with os.fdopen(fd, "wb") as target:
@@ -430,7 +434,7 @@ class Store:
                     raise
             self._close()
             self._sync()
-        return Rewrite(len(kept), count - len(latest), damaged, len(latest) - len(kept), stale)
+        return Rewrite(len(kept), count - len(latest), damaged, len(latest) - len(wanted), stale, len(aged), undated)
 
 
 class _FileLock:
@@ -499,6 +503,7 @@ class Miss:
     document: Any  # the body's JSON, normalised: its fingerprint is stored to explain later misses
     why: str = ""  # with debug: why it missed, printed with the recorded line
     recorded: bool = False  # an upload's start, sent live in record mode though recorded (see `uploads`)
+    expired: bool = False  # its entry is older than max_age: recorded again
     started: float = field(default_factory=time.perf_counter)
     flight: inflight.Flight | None = None  # identical requests sent meanwhile wait for its entry
 
@@ -511,9 +516,17 @@ class Engine:
     """What cachy does with a request, whichever transport sent it: key, look up, replay or record, count."""
 
     def __init__(
-        self, store: Store, doms: tuple[str, ...], hdrs: tuple[str, ...], mode: str, debug: bool, repeats: bool
+        self,
+        store: Store,
+        doms: tuple[str, ...],
+        hdrs: tuple[str, ...],
+        mode: str,
+        debug: bool,
+        repeats: bool,
+        max_age: float | None = None,
     ):
         self.store = store
+        self.lifetime = expiry.Lifetime(max_age) if max_age else None
         self.doms = doms
         self.mode = mode
         self.debug = debug
@@ -553,12 +566,13 @@ class Engine:
         slot = lines.slot(key, n)
         entry = self.store.find(slot) if looks else None
         live_start = entry is not None and self.mode == "record" and uploads.starts_upload(url, call.headers)
-        if entry is not None and not live_start:
+        expired = entry is not None and self.lifetime is not None and self._expired(entry, call.method, url, slot)
+        if entry is not None and not live_start and not expired:
             self.count(Outcome.HIT, call.method, url, slot, entry=entry)
             return entry
         if document is None and call.body:  # a hit by these exact bytes whose entry turned out damaged
             document = _normalised(call, self.rules)[1]
-        return self._missed(Miss(call, url, key, raw, n, document, recorded=live_start))
+        return self._missed(Miss(call, url, key, raw, n, document, recorded=live_start, expired=expired))
 
     def _key_of(self, call: Call, head: str, raw: str, looks: bool) -> tuple[str, Any]:
         """The key of `call`, and its JSON body if it had to be parsed: a re-run sends the same bytes, found by
@@ -568,6 +582,17 @@ class Engine:
             return key, None
         body, document = _normalised(call, self.rules)
         return _key(head, body), document
+
+    def _expired(self, entry: Entry, method: str, url: str, slot: str) -> bool:
+        """Whether `entry`, older than `max_age`, is to be recorded again: in record mode. Replay never goes
+        live, so it serves the entry, and warns once (see `expiry`)."""
+        age = self.lifetime.expired(entry.recorded_at)
+        if age is None:
+            return False
+        self.count(Outcome.EXPIRED, method, url, slot, f" ({expiry.spelled(age)} old)")
+        if self.mode == "replay":
+            self.lifetime.served(age, self.store.path)
+        return self.mode == "record"
 
     def _occurrence(self, key: str) -> int:
         """With repeats: which time this configuration sees this request."""
@@ -595,14 +620,18 @@ class Engine:
         """The entry of an identical request in flight, once it lands (see `inflight`), or `miss` to send live:
         leading the requests that come meanwhile, or alone. With repeats, each request is its own."""
         alone = self.repeats or uploads.starts_upload(miss.url, miss.call.headers)  # each file its own session
-        flying = None if alone else inflight.lead_or_wait(self.store, miss.slot, self.mode == "record", limit)
+        flying = None if alone else inflight.lead_or_wait(self.store, miss.slot, self._looks_again(miss), limit)
         return self._joined(miss, flying)
 
     async def ajoin(self, miss: Miss, limit: float | None) -> Entry | Miss:
         """`join`, awaiting the landing: the loop runs on."""
         alone = self.repeats or uploads.starts_upload(miss.url, miss.call.headers)
-        flying = None if alone else await inflight.alead_or_wait(self.store, miss.slot, self.mode == "record", limit)
+        flying = None if alone else await inflight.alead_or_wait(self.store, miss.slot, self._looks_again(miss), limit)
         return self._joined(miss, flying)
+
+    def _looks_again(self, miss: Miss) -> bool:
+        """Whether a miss takes an entry recorded since it missed: in record mode, unless it missed an expired one."""
+        return self.mode == "record" and not miss.expired
 
     def _joined(self, miss: Miss, found: inflight.Flight | Entry | None) -> Entry | Miss:
         """An entry, counted as joined; or `miss`, leading `found` when that is a flight."""
@@ -967,8 +996,12 @@ def _engine(
     mode: str | None = None,
     debug: bool = False,
     repeats: bool = False,
+    max_age: float | datetime.timedelta | str | None = None,
 ) -> Engine:
     """Check the arguments of `enable_cachy` and make the engine they describe."""
+    if max_age is None and os.environ.get("CACHY_MAX_AGE"):
+        max_age = expiry.seconds_of(os.environ["CACHY_MAX_AGE"], "CACHY_MAX_AGE")
+    seconds = None if max_age is None else expiry.seconds_of(max_age)
     source = "mode" if mode else "CACHY_MODE"
     mode = mode or os.environ.get("CACHY_MODE") or "record"
     if mode not in MODES:
@@ -981,7 +1014,7 @@ def _engine(
     folder.mkdir(parents=True, exist_ok=True)
     store = _store_for(folder / "cachy.jsonl")
     store.refresh()
-    return Engine(store, hosts, headers, mode, debug, repeats)
+    return Engine(store, hosts, headers, mode, debug, repeats, seconds)
 
 
 def enable_cachy(
@@ -991,14 +1024,16 @@ def enable_cachy(
     mode: str | None = None,
     debug: bool = False,
     repeats: bool = False,
+    max_age: float | datetime.timedelta | str | None = None,
 ) -> None:
     """Answer requests to `doms` from `cache_dir/cachy.jsonl`, and record the ones not seen before.
 
     `hdrs` names response headers to keep besides content-type (Gemini uploads need two). `mode` is
     "record" (default), "replay" (a miss raises CachyMiss) or "refresh"; `CACHY_MODE` sets the default.
-    `repeats=True` gives the n-th identical request the n-th recorded answer, for sampling."""
+    `repeats=True` gives the n-th identical request the n-th recorded answer, for sampling. An entry older than
+    `max_age` (seconds, a timedelta, or "30d", "12h", "90m"; `CACHY_MAX_AGE` sets the default) is recorded again."""
     global _enabled
-    engine = _engine(cache_dir, doms, hdrs, mode, debug, repeats)
+    engine = _engine(cache_dir, doms, hdrs, mode, debug, repeats, max_age)
     with _switch_lock:
         _enabled = engine
         _patch()
@@ -1028,12 +1063,17 @@ def _cache_file(path: str | os.PathLike | None) -> Path:
 
 
 def compact_cachy(
-    path: str | os.PathLike | None = None, keep: set[str] | None = None, drop_stale: bool = False
+    path: str | os.PathLike | None = None,
+    keep: set[str] | None = None,
+    drop_stale: bool = False,
+    older_than: float | datetime.timedelta | str | None = None,
 ) -> Rewrite:
     """Rewrite a cache file (or the one in a folder) deduplicated (last wins), without damaged lines, sorted
     by key, atomically. With `keep`, entries whose key is not in it are dropped too; with `drop_stale`, those
-    written by another key version."""
-    return _store_for(_cache_file(path)).rewrite(keep, drop_stale)
+    written by another key version; with `older_than` (an age, as `max_age` takes it), those recorded before
+    (entries without a recording time are kept)."""
+    seconds = 0 if older_than is None else expiry.seconds_of(older_than, "older_than")
+    return _store_for(_cache_file(path)).rewrite(keep, drop_stale, seconds)
 
 
 def prune_cachy() -> Rewrite:

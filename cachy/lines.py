@@ -159,6 +159,7 @@ class Entry:
     body: bytes
     seconds: float = 0.0  # how long the live call took
     usage: dict[str, int] = field(default_factory=dict)  # tokens the provider reported: input, output
+    recorded_at: str | None = None  # when, in UTC: what `max_age` reads
 
 
 def entry_of(data: Any) -> Entry | None:
@@ -185,7 +186,8 @@ def entry_of(data: Any) -> Entry | None:
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         seconds = 0.0
     usage = {k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {}
-    return Entry(status, kept, body, float(seconds), usage)
+    recorded_at = data.get("recorded_at")
+    return Entry(status, kept, body, float(seconds), usage, recorded_at if isinstance(recorded_at, str) else None)
 
 
 def scan(fd: int) -> Iterator[tuple[int, bytes, Head | None]]:

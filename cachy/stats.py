@@ -20,6 +20,7 @@ class Outcome(Enum):
     REPLAY_MISS = ("replay_misses", "replay miss")
     UNRECORDED = ("unrecorded", "not recorded")
     JOINED = ("joined", "joined")
+    EXPIRED = ("expired", "expired")
 
     def __init__(self, counter: str, label: str):
         self.counter = counter
@@ -36,6 +37,7 @@ class Stats:
     replay_misses: int = 0
     unrecorded: int = 0  # live answers cachy could not store: a stream cut off, a file not writable
     joined: int = 0  # answered by an identical request's live call, in flight at the same time
+    expired: int = 0  # entries older than max_age: recorded again, or in replay mode served
     saved_seconds: float = 0.0  # what the hits' live calls took when recorded
     saved_input_tokens: int = 0
     saved_output_tokens: int = 0
@@ -47,6 +49,8 @@ class Stats:
             counts += f", {self.unrecorded} not recorded"
         if self.joined:
             counts += f", {self.joined} joined"
+        if self.expired:
+            counts += f", {self.expired} expired"
         return f"{counts}; saved {self.savings()}" if self._saved_something() else counts
 
     def savings(self) -> str:
@@ -92,6 +96,8 @@ class Stats:
             counts["not recorded"] = f"{self.unrecorded:,}"
         if self.joined:
             counts["joined"] = f"{self.joined:,}"
+        if self.expired:
+            counts["expired"] = f"{self.expired:,}"
         if self._saved_something():
             counts["time saved"] = f"{self.saved_seconds:.1f} s"
             counts["tokens saved"] = f"{self.saved_input_tokens:,} in, {self.saved_output_tokens:,} out"
