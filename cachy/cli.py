@@ -42,6 +42,7 @@ def stats(path: str | None) -> None:
     size_by_endpoint: Counter[str] = Counter()
     dates: list[str] = []
     ages: Counter[str] = Counter()
+    origins: dict[str, Counter[str]] = {"client": Counter(), "model": Counter()}  # entries by client, by model
     now = time.time()
     saved = Stats()  # what a replay of every entry saves
     for number, line, entry in scan_file(file):
@@ -52,6 +53,8 @@ def stats(path: str | None) -> None:
         versions[entry.get("v", 1)] += 1
         dates += [entry["recorded_at"]] if isinstance(entry.get("recorded_at"), str) else []
         ages[expiry.bucket(expiry.age_of(entry.get("recorded_at"), now))] += 1
+        for name, counts in origins.items():
+            counts[entry[name] if isinstance(entry.get(name), str) else "(not recorded)"] += 1
         replayed = entry_of(entry)  # what a hit reads: fields written before, or null, count nothing
         saved.saved_seconds += replayed.seconds
         saved.saved_input_tokens += replayed.usage.get("input", 0)
@@ -75,6 +78,11 @@ def stats(path: str | None) -> None:
         print(f"\n{'entries':>8} {'bytes':>12}  endpoint")
         for endpoint, count in endpoints.most_common():
             print(f"{count:>8} {size_by_endpoint[endpoint]:>12,}  {endpoint}")
+    for name, counts in origins.items():
+        if set(counts) - {"(not recorded)"}:  # files written before provenance say nothing new
+            print(f"\n{'entries':>8}  {name}")
+            for origin, count in counts.most_common():
+                print(f"{count:>8}  {origin}")
 
 
 def _pretty(text: str) -> str:

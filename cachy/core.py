@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import httpx
 from fastcore.meta import delegates
 
-from . import expiry, fileio, inflight, lines, uploads
+from . import expiry, fileio, inflight, lines, provenance, uploads
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
@@ -725,6 +725,7 @@ class Engine:
         tokens = usage(body)
         if tokens:
             fields["usage"] = tokens
+        fields |= provenance.of(miss.call.headers, body)
         if miss.document is not None:
             fields["shape"] = fingerprint(miss.document)
         return lines.entry_line(miss.key, miss.raw, KEY_VERSION, miss.n, fields)
