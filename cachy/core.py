@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -39,7 +40,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import httpx
 from fastcore.meta import delegates
 
-from . import expiry, fileio, inflight, lines, provenance, uploads
+from . import echo, expiry, fileio, inflight, lines, provenance, uploads
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
@@ -524,8 +525,10 @@ class Engine:
         debug: bool,
         repeats: bool,
         max_age: float | None = None,
+        echo: bool = True,
     ):
         self.store = store
+        self.echo = echo
         self.lifetime = expiry.Lifetime(max_age) if max_age else None
         self.doms = doms
         self.mode = mode
@@ -564,7 +567,7 @@ class Engine:
         key, document = self._key_of(call, head, raw, looks)
         n = self._occurrence(key) if self.repeats else 1
         slot = lines.slot(key, n)
-        entry = self.store.find(slot) if looks else None
+        entry = self._replayable(self.store.find(slot), call) if looks else None
         live_start = entry is not None and self.mode == "record" and uploads.starts_upload(url, call.headers)
         expired = entry is not None and self.lifetime is not None and self._expired(entry, call.method, url, slot)
         if entry is not None and not live_start and not expired:
@@ -582,6 +585,14 @@ class Engine:
             return key, None
         body, document = _normalised(call, self.rules)
         return _key(head, body), document
+
+    def _replayable(self, entry: Entry | None, call: Call) -> Entry | None:
+        """`entry` with the fields it refers to filled from `call`'s body (see `echo`); None, a miss, when it
+        refers in a way this cachy cannot fill. The request is parsed only for an entry that refers to it."""
+        if entry is None or entry.echo is None:
+            return entry
+        body = echo.restored(entry.body, call.body, entry.echo)
+        return None if body is None else dataclasses.replace(entry, body=body, echo=None)
 
     def _expired(self, entry: Entry, method: str, url: str, slot: str) -> bool:
         """Whether `entry`, older than `max_age`, is to be recorded again: in record mode. Replay never goes
@@ -635,6 +646,8 @@ class Engine:
 
     def _joined(self, miss: Miss, found: inflight.Flight | Entry | None) -> Entry | Miss:
         """An entry, counted as joined; or `miss`, leading `found` when that is a flight."""
+        if isinstance(found, Entry):
+            found = self._replayable(found, miss.call)  # an entry found in the store, not a live one landed
         if isinstance(found, Entry):
             self.count(Outcome.JOINED, miss.call.method, miss.url, miss.slot)
             return found
@@ -710,14 +723,17 @@ class Engine:
 
     def _line(self, miss: Miss, status: int, headers: dict[str, str], body: bytes) -> bytes:
         """The entry's line: the request, the response, what the call cost, and the fingerprint of its fields."""
+        stored, references = echo.referenced(body, miss.call.body, miss.document) if self.echo else (body, None)
         try:
-            text, binary = body.decode(), False
+            text, binary = stored.decode(), False
         except UnicodeDecodeError:  # audio, images, other encodings: stored losslessly
-            text, binary = base64.b64encode(body).decode(), True
+            text, binary = base64.b64encode(stored).decode(), True
         fields = {"method": miss.call.method, "url": miss.url, "status_code": status, "headers": headers}
         if miss.call.stream:
             fields["stream"] = True
         fields["response"] = text
+        if references:
+            fields["echo"] = references
         if binary:
             fields["binary"] = True
         fields["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())  # UTC, to the second
@@ -998,6 +1014,7 @@ def _engine(
     debug: bool = False,
     repeats: bool = False,
     max_age: float | datetime.timedelta | str | None = None,
+    echo: bool = True,
 ) -> Engine:
     """Check the arguments of `enable_cachy` and make the engine they describe."""
     if max_age is None and os.environ.get("CACHY_MAX_AGE"):
@@ -1015,7 +1032,7 @@ def _engine(
     folder.mkdir(parents=True, exist_ok=True)
     store = _store_for(folder / "cachy.jsonl")
     store.refresh()
-    return Engine(store, hosts, headers, mode, debug, repeats, seconds)
+    return Engine(store, hosts, headers, mode, debug, repeats, seconds, echo)
 
 
 def enable_cachy(
@@ -1026,15 +1043,17 @@ def enable_cachy(
     debug: bool = False,
     repeats: bool = False,
     max_age: float | datetime.timedelta | str | None = None,
+    echo: bool = True,
 ) -> None:
     """Answer requests to `doms` from `cache_dir/cachy.jsonl`, and record the ones not seen before.
 
     `hdrs` names response headers to keep besides content-type (Gemini uploads need two). `mode` is
     "record" (default), "replay" (a miss raises CachyMiss) or "refresh"; `CACHY_MODE` sets the default.
     `repeats=True` gives the n-th identical request the n-th recorded answer, for sampling. An entry older than
-    `max_age` (seconds, a timedelta, or "30d", "12h", "90m"; `CACHY_MAX_AGE` sets the default) is recorded again."""
+    `max_age` (seconds, a timedelta, or "30d", "12h", "90m"; `CACHY_MAX_AGE` sets the default) is recorded again. `echo=False` stores
+    bodies byte for byte, with no references to the request's fields (see `cachy.echo`)."""
     global _enabled
-    engine = _engine(cache_dir, doms, hdrs, mode, debug, repeats, max_age)
+    engine = _engine(cache_dir, doms, hdrs, mode, debug, repeats, max_age, echo)
     with _switch_lock:
         _enabled = engine
         _patch()

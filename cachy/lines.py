@@ -160,6 +160,7 @@ class Entry:
     seconds: float = 0.0  # how long the live call took
     usage: dict[str, int] = field(default_factory=dict)  # tokens the provider reported: input, output
     recorded_at: str | None = None  # when, in UTC: what `max_age` reads
+    echo: Any = None  # how the body refers to the request (see `echo`): None, the body is as it was sent
 
 
 def entry_of(data: Any) -> Entry | None:
@@ -187,7 +188,8 @@ def entry_of(data: Any) -> Entry | None:
         seconds = 0.0
     usage = {k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {}
     recorded_at = data.get("recorded_at")
-    return Entry(status, kept, body, float(seconds), usage, recorded_at if isinstance(recorded_at, str) else None)
+    recorded_at = recorded_at if isinstance(recorded_at, str) else None
+    return Entry(status, kept, body, float(seconds), usage, recorded_at, data.get("echo"))
 
 
 def scan(fd: int) -> Iterator[tuple[int, bytes, Head | None]]:
