@@ -7,11 +7,12 @@ import base64
 import json
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import demo
+from . import demo, expiry
 from .core import KEY_VERSION, compact_cachy, default_cache_dir, scan_file
 from .lines import ORIGINAL_KEY, entry_of, key_field, slot
 from .stats import Stats
@@ -40,6 +41,9 @@ def stats(path: str | None) -> None:
     endpoints: Counter[str] = Counter()
     size_by_endpoint: Counter[str] = Counter()
     dates: list[str] = []
+    ages: Counter[str] = Counter()
+    origins: dict[str, Counter[str]] = {"client": Counter(), "model": Counter()}  # entries by client, by model
+    now = time.time()
     saved = Stats()  # what a replay of every entry saves
     originals: set[str] = set()  # keys of the original cachy's entries
     upgraded: set[str] = set()  # the original's keys that entries of this cachy's were upgraded from
@@ -54,6 +58,9 @@ def stats(path: str | None) -> None:
             versions[entry.get("v", 1)] += 1
             upgraded.add(entry.get("from"))
         dates += [entry["recorded_at"]] if isinstance(entry.get("recorded_at"), str) else []
+        ages[expiry.bucket(expiry.age_of(entry.get("recorded_at"), now))] += 1
+        for name, counts in origins.items():
+            counts[entry[name] if isinstance(entry.get(name), str) else "(not recorded)"] += 1
         replayed = entry_of(entry)  # what a hit reads: fields written before, or null, count nothing
         saved.saved_seconds += replayed.seconds
         saved.saved_input_tokens += replayed.usage.get("input", 0)
@@ -76,11 +83,18 @@ def stats(path: str | None) -> None:
             + (" (cachy compact --drop-stale drops the upgraded ones)" if done else " (record mode upgrades them)")
         )
     print(f"recorded: {f'{min(dates)} to {max(dates)}' if dates else 'no dates (written before cachy kept them)'}")
+    groups = [*(name for _, name in expiry.BUCKETS), "older", "no recording time"]
+    print(f"ages: {', '.join(f'{ages[name]} {name}' for name in groups if ages[name]) or 'none'}")
     print(f"a replay of every entry saves {saved.savings()}")
     if endpoints:
         print(f"\n{'entries':>8} {'bytes':>12}  endpoint")
         for endpoint, count in endpoints.most_common():
             print(f"{count:>8} {size_by_endpoint[endpoint]:>12,}  {endpoint}")
+    for name, counts in origins.items():
+        if set(counts) - {"(not recorded)"}:  # files written before provenance say nothing new
+            print(f"\n{'entries':>8}  {name}")
+            for origin, count in counts.most_common():
+                print(f"{count:>8}  {origin}")
 
 
 def _pretty(text: str) -> str:
@@ -130,14 +144,17 @@ def show(key: str, path: str | None) -> None:
     print(_body(entry))
 
 
-def compact(path: str | None, drop_stale: bool = False) -> None:
+def compact(path: str | None, drop_stale: bool = False, older_than: str | None = None) -> None:
     """Rewrite the file deduplicated, without damaged lines, sorted by key."""
     file = _existing_cache_file(path)
     try:
-        result = compact_cachy(file, drop_stale=drop_stale)
+        result = compact_cachy(file, drop_stale=drop_stale, older_than=older_than)
     except ValueError as refusal:
         raise _UserError(str(refusal)) from None
     stale = f", dropped {result.stale} entries of other key versions" if drop_stale else ""
+    if older_than:
+        stale += f", dropped {result.expired} entries older than {older_than}"
+        stale += f" (kept {result.undated} with no recording time)" if result.undated else ""
     print(
         f"{file}: kept {result.kept} entries, dropped {result.duplicates} duplicates{stale}, damaged lines dropped: {result.damaged or 'none'}"
     )
@@ -163,7 +180,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also drop entries written by another key version, and the original cachy's entries once upgraded",
     )
-    sub.set_defaults(run=lambda args: compact(args.path, args.drop_stale))
+    sub.add_argument(
+        "--older-than", metavar="AGE", help='also drop entries recorded longer ago than AGE: "30d", "12h", "90m"'
+    )
+    sub.set_defaults(run=lambda args: compact(args.path, args.drop_stale, args.older_than))
     sub = commands.add_parser("demo", help="record and replay calls to a fake provider, offline, and show the timings")
     sub.set_defaults(run=lambda args: demo.run())
     return parser

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -38,7 +39,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from . import fileio, inflight, lines, original
+from . import echo, expiry, fileio, inflight, lines, original, provenance, uploads
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
@@ -186,7 +187,7 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
     engine = _current_engine()
     rules = engine.rules if engine else compiled_rules([default_cache_dir()])
     call = Call(request.method, str(request.url), request.content, request.headers, stream)
-    return _key(_head(call, public_url(call.url)), _normalised(call, rules)[0])
+    return _key(_head(call, uploads.session_free(public_url(call.url))), _normalised(call, rules)[0])
 
 
 # ---------------------------------------------------------------------------------------- store
@@ -199,6 +200,8 @@ class Rewrite:
     damaged: list[int]
     pruned: int = 0
     stale: int = 0
+    expired: int = 0  # dropped as older than `older_than`
+    undated: int = 0  # kept with `older_than`, as they have no recording time
 
 
 class Store:
@@ -402,7 +405,7 @@ class Store:
                 self._endpoints.clear()
                 self._identity = fileio.identity(os.fstat(self._writer))
 
-    def rewrite(self, keep: set[str] | None = None, drop_stale: bool = False) -> Rewrite:
+    def rewrite(self, keep: set[str] | None = None, drop_stale: bool = False, older_than: float = 0) -> Rewrite:
         """Rewrite the file atomically: the last entry per key and occurrence, damaged lines dropped, sorted,
         mode kept. Refuses a file most of whose lines are not entries: it is not a cache file."""
         with self._mutex:
@@ -434,7 +437,9 @@ class Store:
                     raise ValueError(
                         f"{self.path} is not a cachy file: most of its lines are not entries. Left unchanged."
                     )
-                kept = sorted(slot for slot in latest if keep is None or lines.slot(*slot) in keep)
+                wanted = [slot for slot in latest if keep is None or lines.slot(*slot) in keep]
+                aged, undated = expiry.older_than({slot: latest[slot] for slot in wanted}, older_than)
+                kept = sorted(slot for slot in wanted if slot not in aged)
                 fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".cachy-", suffix=".tmp")
                 try:
                     with os.fdopen(fd, "wb") as target:
@@ -448,7 +453,7 @@ class Store:
                     raise
             self._close()
             self._sync()
-        return Rewrite(len(kept), count - len(latest), damaged, len(latest) - len(kept), stale)
+        return Rewrite(len(kept), count - len(latest), damaged, len(latest) - len(wanted), stale, len(aged), undated)
 
 
 class _FileLock:
@@ -516,6 +521,8 @@ class Miss:
     n: int
     document: Any  # the body's JSON, normalised: its fingerprint is stored to explain later misses
     why: str = ""  # with debug: why it missed, printed with the recorded line
+    recorded: bool = False  # an upload's start, sent live in record mode though recorded (see `uploads`)
+    expired: bool = False  # its entry is older than max_age: recorded again
     started: float = field(default_factory=time.perf_counter)
     flight: inflight.Flight | None = None  # identical requests sent meanwhile wait for its entry
     upgrades: str = ""  # the key of the original cachy's entry that answered it, to be stored in cachy's format
@@ -529,9 +536,19 @@ class Engine:
     """What cachy does with a request, whichever transport sent it: key, look up, replay or record, count."""
 
     def __init__(
-        self, store: Store, doms: tuple[str, ...], hdrs: tuple[str, ...], mode: str, debug: bool | str, repeats: bool
+        self,
+        store: Store,
+        doms: tuple[str, ...],
+        hdrs: tuple[str, ...],
+        mode: str,
+        debug: bool | str,
+        repeats: bool,
+        max_age: float | None = None,
+        echo: bool = True,
     ):
         self.store = store
+        self.echo = echo
+        self.lifetime = expiry.Lifetime(max_age) if max_age else None
         self.doms = doms
         self.mode = mode
         self.debug = debug
@@ -566,7 +583,7 @@ class Engine:
     def lookup(self, call: Call) -> Entry | Miss:
         """The recorded response to `call` when there is one, else the Miss to record the live one with; in
         replay mode a miss raises CachyMiss. Refresh mode never looks, and records over what was there."""
-        url = public_url(call.url)
+        url = uploads.session_free(public_url(call.url))
         head = _head(call, url)
         raw = _raw_digest(head, call)
         looks = self.mode != "refresh"
@@ -575,13 +592,15 @@ class Engine:
         key, document = self._key_of(call, head, raw, looks)
         n = self._occurrence(key) if self.repeats else 1
         slot = lines.slot(key, n)
-        entry = self.store.find(slot) if looks else None
-        if entry is not None:
+        entry = self._replayable(self.store.find(slot), call) if looks else None
+        live_start = entry is not None and self.mode == "record" and uploads.starts_upload(url, call.headers)
+        expired = entry is not None and self.lifetime is not None and self._expired(entry, call.method, url, slot)
+        if entry is not None and not live_start and not expired:
             self.count(Outcome.HIT, call.method, url, slot, entry=entry)
             return entry
         if document is None and call.body:  # a hit by these exact bytes whose entry turned out damaged
             document = _normalised(call, self.rules)[1]
-        miss = Miss(call, url, key, raw, n, document)
+        miss = Miss(call, url, key, raw, n, document, recorded=live_start, expired=expired)
         if looks and n == 1 and self.store.holds_originals:
             entry = self._from_original(miss)
             if entry is not None:
@@ -594,7 +613,9 @@ class Engine:
         found = original.find(self.store, miss.call)
         if found is None:
             return None
-        entry = Entry(found[1].status, self.stored_headers(found[1].headers), found[1].body, usage=usage(found[1].body))
+        entry = Entry(
+            found[1].status, self.stored_headers(miss.url, found[1].headers), found[1].body, usage=usage(found[1].body)
+        )
         self.count(Outcome.HIT, miss.call.method, miss.url, found[0], " (the original cachy's entry)", entry)
         if self.mode == "record":
             miss.upgrades = found[0]
@@ -609,6 +630,25 @@ class Engine:
             return key, None
         body, document = _normalised(call, self.rules)
         return _key(head, body), document
+
+    def _replayable(self, entry: Entry | None, call: Call) -> Entry | None:
+        """`entry` with the fields it refers to filled from `call`'s body (see `echo`); None, a miss, when it
+        refers in a way this cachy cannot fill. The request is parsed only for an entry that refers to it."""
+        if entry is None or entry.echo is None:
+            return entry
+        body = echo.restored(entry.body, call.body, entry.echo)
+        return None if body is None else dataclasses.replace(entry, body=body, echo=None)
+
+    def _expired(self, entry: Entry, method: str, url: str, slot: str) -> bool:
+        """Whether `entry`, older than `max_age`, is to be recorded again: in record mode. Replay never goes
+        live, so it serves the entry, and warns once (see `expiry`)."""
+        age = self.lifetime.expired(entry.recorded_at)
+        if age is None:
+            return False
+        self.count(Outcome.EXPIRED, method, url, slot, f" ({expiry.spelled(age)} old)")
+        if self.mode == "replay":
+            self.lifetime.served(age, self.store.path)
+        return self.mode == "record"
 
     def _occurrence(self, key: str) -> int:
         """With repeats: which time this configuration sees this request."""
@@ -635,18 +675,24 @@ class Engine:
     def join(self, miss: Miss, limit: float | None) -> Entry | Miss:
         """The entry of an identical request in flight, once it lands (see `inflight`), or `miss` to send live:
         leading the requests that come meanwhile, or alone. With repeats, each request is its own."""
-        flying = None if self.repeats else inflight.lead_or_wait(self.store, miss.slot, self.mode == "record", limit)
+        alone = self.repeats or uploads.starts_upload(miss.url, miss.call.headers)  # each file its own session
+        flying = None if alone else inflight.lead_or_wait(self.store, miss.slot, self._looks_again(miss), limit)
         return self._joined(miss, flying)
 
     async def ajoin(self, miss: Miss, limit: float | None) -> Entry | Miss:
         """`join`, awaiting the landing: the loop runs on."""
-        flying = (
-            None if self.repeats else await inflight.alead_or_wait(self.store, miss.slot, self.mode == "record", limit)
-        )
+        alone = self.repeats or uploads.starts_upload(miss.url, miss.call.headers)
+        flying = None if alone else await inflight.alead_or_wait(self.store, miss.slot, self._looks_again(miss), limit)
         return self._joined(miss, flying)
+
+    def _looks_again(self, miss: Miss) -> bool:
+        """Whether a miss takes an entry recorded since it missed: in record mode, unless it missed an expired one."""
+        return self.mode == "record" and not miss.expired
 
     def _joined(self, miss: Miss, found: inflight.Flight | Entry | None) -> Entry | Miss:
         """An entry, counted as joined; or `miss`, leading `found` when that is a flight."""
+        if isinstance(found, Entry):
+            found = self._replayable(found, miss.call)  # an entry found in the store, not a live one landed
         if isinstance(found, Entry):
             self.count(Outcome.JOINED, miss.call.method, miss.url, miss.slot)
             return found
@@ -663,9 +709,11 @@ class Engine:
         """2xx, and the 4xx the request itself causes; never 5xx, nor what depends on credentials or load."""
         return 200 <= status < 300 or (400 <= status < 500 and status not in _NOT_RECORDED_4XX)
 
-    def stored_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """The response headers an entry keeps: content-type and `hdrs`, never a secret nor one that would be stale."""
-        return {name: headers[name] for name in self.kept_headers if name in headers}
+    def stored_headers(self, url: str, headers: Mapping[str, str]) -> dict[str, str]:
+        """The response headers an entry keeps: content-type, `hdrs`, and what Google's uploads need (see
+        `uploads`); never a secret, nor one that would be stale."""
+        kept = {name: headers[name] for name in self.kept_headers if name in headers}
+        return kept | uploads.upload_headers(url, headers, public_url)
 
     def record(self, miss: Miss, status: int, headers: Mapping[str, str], body: bytes) -> Entry | None:
         """Store a complete live response. Returns what a later hit will replay, for the adapter to answer with;
@@ -673,7 +721,7 @@ class Engine:
         if not self.records(status):
             self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, f" ({status}, not recorded)")
             return None
-        entry = Entry(status, self.stored_headers(headers), body)
+        entry = Entry(status, self.stored_headers(miss.url, headers), body)
         self._save(miss, entry, miss.flight)
         return entry
 
@@ -682,7 +730,7 @@ class Engine:
         if not self.records(status):
             self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, f" ({status}, not recorded)")
             return None
-        stored = self.stored_headers(headers)
+        stored = self.stored_headers(miss.url, headers)
         flight, miss.flight = miss.flight, None  # landed at the stream's end, not when `serve` returns
 
         def finished(body: bytes) -> None:
@@ -701,6 +749,10 @@ class Engine:
     def _save(self, miss: Miss, entry: Entry, flight: inflight.Flight | None) -> None:
         """Append the entry, then land `flight` with it. A file that cannot be written loses the entry, never
         the caller's answer; the flight then lands empty, and its waiters go on by themselves."""
+        if miss.recorded:  # an upload's start: its entry is written once, and replays every start
+            self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, " (an upload's start, recorded before)")
+            inflight.land(flight, None)
+            return
         saved = None
         try:
             self.store.append(miss.key, miss.n, miss.raw, self._line(miss, entry.status, entry.headers, entry.body))
@@ -719,14 +771,17 @@ class Engine:
 
     def _line(self, miss: Miss, status: int, headers: dict[str, str], body: bytes) -> bytes:
         """The entry's line: the request, the response, what the call cost, and the fingerprint of its fields."""
+        stored, references = echo.referenced(body, miss.call.body, miss.document) if self.echo else (body, None)
         try:
-            text, binary = body.decode(), False
+            text, binary = stored.decode(), False
         except UnicodeDecodeError:  # audio, images, other encodings: stored losslessly
-            text, binary = base64.b64encode(body).decode(), True
+            text, binary = base64.b64encode(stored).decode(), True
         fields = {"method": miss.call.method, "url": miss.url, "status_code": status, "headers": headers}
         if miss.call.stream:
             fields["stream"] = True
         fields["response"] = text
+        if references:
+            fields["echo"] = references
         if binary:
             fields["binary"] = True
         fields["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())  # UTC, to the second
@@ -734,6 +789,7 @@ class Engine:
         tokens = usage(body)
         if tokens:
             fields["usage"] = tokens
+        fields |= provenance.of(miss.call.headers, body)
         if miss.document is not None:
             fields["shape"] = fingerprint(miss.document)
         if miss.upgrades:
@@ -1014,8 +1070,13 @@ def _engine(
     mode: str | None = None,
     debug: bool | str = False,
     repeats: bool = False,
+    max_age: float | datetime.timedelta | str | None = None,
+    echo: bool = True,
 ) -> Engine:
     """Check the arguments of `enable_cachy` and make the engine they describe."""
+    if max_age is None and os.environ.get("CACHY_MAX_AGE"):
+        max_age = expiry.seconds_of(os.environ["CACHY_MAX_AGE"], "CACHY_MAX_AGE")
+    seconds = None if max_age is None else expiry.seconds_of(max_age)
     source = "mode" if mode else "CACHY_MODE"
     mode = mode or os.environ.get("CACHY_MODE") or "record"
     if mode not in MODES:
@@ -1030,7 +1091,7 @@ def _engine(
     folder.mkdir(parents=True, exist_ok=True)
     store = _store_for(folder / "cachy.jsonl")
     store.refresh()
-    return Engine(store, hosts, headers, mode, debug, repeats)
+    return Engine(store, hosts, headers, mode, debug, repeats, seconds, echo)
 
 
 def enable_cachy(
@@ -1040,15 +1101,19 @@ def enable_cachy(
     mode: str | None = None,
     debug: bool | str = False,
     repeats: bool = False,
+    max_age: float | datetime.timedelta | str | None = None,
+    echo: bool = True,
 ) -> None:
     """Answer requests to `doms` from `cache_dir/cachy.jsonl`, and record the ones not seen before.
 
     `hdrs` names response headers to keep besides content-type (Gemini uploads need two). `mode` is
     "record" (default), "replay" (a miss raises CachyMiss) or "refresh"; `CACHY_MODE` sets the default.
     `debug=True` prints what happens to each request to stderr; `debug="miss"`, only the misses.
-    `repeats=True` gives the n-th identical request the n-th recorded answer, for sampling."""
+    `repeats=True` gives the n-th identical request the n-th recorded answer, for sampling. An entry older than
+    `max_age` (seconds, a timedelta, or "30d", "12h", "90m"; `CACHY_MAX_AGE` sets the default) is recorded
+    again. `echo=False` stores bodies byte for byte, with no references to the request's fields (see `echo`)."""
     global _enabled
-    engine = _engine(cache_dir, doms, hdrs, mode, debug, repeats)
+    engine = _engine(cache_dir, doms, hdrs, mode, debug, repeats, max_age, echo)
     with _switch_lock:
         _enabled = engine
         _patch()
@@ -1079,12 +1144,18 @@ def _cache_file(path: str | os.PathLike | None) -> Path:
 
 
 def compact_cachy(
-    path: str | os.PathLike | None = None, keep: set[str] | None = None, drop_stale: bool = False
+    path: str | os.PathLike | None = None,
+    keep: set[str] | None = None,
+    drop_stale: bool = False,
+    older_than: float | datetime.timedelta | str | None = None,
 ) -> Rewrite:
     """Rewrite a cache file (or the one in a folder) deduplicated (last wins), without damaged lines, sorted
     by key, atomically. With `keep`, entries whose key is not in it are dropped too; with `drop_stale`, those
-    written by another key version, and the original cachy's entries that were upgraded to this cachy's format."""
-    return _store_for(_cache_file(path)).rewrite(keep, drop_stale)
+    written by another key version, and the original cachy's entries that were upgraded to this cachy's format;
+    with `older_than` (an age, as `max_age` takes it), those recorded before (entries without a recording time
+    are kept)."""
+    seconds = 0 if older_than is None else expiry.seconds_of(older_than, "older_than")
+    return _store_for(_cache_file(path)).rewrite(keep, drop_stale, seconds)
 
 
 def prune_cachy() -> Rewrite:

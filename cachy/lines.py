@@ -159,6 +159,8 @@ class Entry:
     body: bytes
     seconds: float = 0.0  # how long the live call took
     usage: dict[str, int] = field(default_factory=dict)  # tokens the provider reported: input, output
+    recorded_at: str | None = None  # when, in UTC: what `max_age` reads
+    echo: Any = None  # how the body refers to the request (see `echo`): None, the body is as it was sent
 
 
 def entry_of(data: Any) -> Entry | None:
@@ -187,7 +189,9 @@ def entry_of(data: Any) -> Entry | None:
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         seconds = 0.0
     usage = {k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {}
-    return Entry(status, kept, body, float(seconds), usage)
+    recorded_at = data.get("recorded_at")
+    recorded_at = recorded_at if isinstance(recorded_at, str) else None
+    return Entry(status, kept, body, float(seconds), usage, recorded_at, data.get("echo"))
 
 
 def _as_the_original_read_it(data: dict) -> dict:

@@ -22,6 +22,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--cachy", action="store_true", help="cache LLM calls in every test of the session")
     group.addoption("--cachy-mode", choices=MODES, help="record (default), replay or refresh; default: $CACHY_MODE")
     group.addoption("--cachy-dir", help="folder of cachy.jsonl (default: the rootdir)")
+    group.addoption(
+        "--cachy-max-age", help='record again entries older than this: "30d", "12h"; default: $CACHY_MAX_AGE'
+    )
     group.addoption("--cachy-prune", action="store_true", help="after a complete, green session, drop unused entries")
     parser.addini("cachy", type="bool", default=False, help="cache LLM calls in every test of the session")
 
@@ -45,7 +48,10 @@ class CachySession:
 
     def enable_kwargs(self, **overrides) -> dict:
         """The session's options as `enable_cachy` arguments, with a marker's arguments on top."""
-        return {"cache_dir": self.folder, "mode": self.config.getoption("cachy_mode"), **overrides}
+        options = {"cache_dir": self.folder, "mode": self.config.getoption("cachy_mode")}
+        if self.config.getoption("cachy_max_age"):
+            options["max_age"] = self.config.getoption("cachy_max_age")
+        return {**options, **overrides}
 
     def add(self, part: Stats) -> None:
         if self.total is None:  # the session's first use of cachy

@@ -21,6 +21,7 @@ class Outcome(Enum):
     UNRECORDED = ("unrecorded", "not recorded", True)
     JOINED = ("joined", "joined", False)
     UPGRADED = ("upgraded", "upgraded", False)  # a hit on the original's entry, stored again in cachy's format
+    EXPIRED = ("expired", "expired", True)  # older than max_age: recorded again, or in replay mode served
 
     def __init__(self, counter: str, label: str, missed: bool):
         self.counter = counter
@@ -39,6 +40,7 @@ class Stats:
     unrecorded: int = 0  # live answers cachy could not store: a stream cut off, a file not writable
     joined: int = 0  # answered by an identical request's live call, in flight at the same time
     upgraded: int = 0  # hits on the original cachy's entries, stored again in cachy's own format
+    expired: int = 0  # entries older than max_age: recorded again, or in replay mode served
     saved_seconds: float = 0.0  # what the hits' live calls took when recorded
     saved_input_tokens: int = 0
     saved_output_tokens: int = 0
@@ -52,6 +54,8 @@ class Stats:
             counts += f", {self.joined} joined"
         if self.upgraded:
             counts += f", {self.upgraded} upgraded from the original's format"
+        if self.expired:
+            counts += f", {self.expired} expired"
         return f"{counts}; saved {self.savings()}" if self._saved_something() else counts
 
     def savings(self) -> str:
@@ -106,6 +110,8 @@ class Stats:
             counts["joined"] = f"{self.joined:,}"
         if self.upgraded:
             counts["upgraded"] = f"{self.upgraded:,}"
+        if self.expired:
+            counts["expired"] = f"{self.expired:,}"
         if self._saved_something():
             counts["time saved"] = f"{self.saved_seconds:.1f} s"
             counts["tokens saved"] = f"{self.saved_input_tokens:,} in, {self.saved_output_tokens:,} out"

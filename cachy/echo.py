@@ -1,0 +1,181 @@
+"""The echo left out: a response field that repeats the request's field of the same name is stored as a
+reference to it, and restored from the request at replay.
+
+OpenAI's Responses API sends the request's configuration back in its resource (`instructions`, `tools`,
+`metadata`…), three times in a stream (`response.created`, `response.in_progress`, `response.completed`):
+an agent's 8 KB prompt and ten tools would be stored again and again. The rule is generic, not a list of
+names: in a JSON body, or in the JSON of each `data:` event of a stream, a field of the document or of an
+object directly inside it (the `response` of an event) whose value equals, as JSON, the request's top-level
+field of the same name, and takes at least `SMALLEST` bytes, becomes `{"$cachy": "<name>"}`, with the
+response's own key order (`"order"`) where it differs from the request's. Values that differ (a resolved
+`model`, a chosen `service_tier`) stay as they are, and so do fields that `key_rules` normalised (a path,
+notebook noise): requests with one key may send them differently, and a replay gives what was recorded.
+
+A reference is made only when the exact bytes can be rebuilt: the body must be what `json.dumps` writes in
+one of `STYLES` (the style is stored), and restoring the stored body from this request must give back the
+live bytes, else the body is stored as it is. A body that already holds the marker's shape is stored as it
+is too, so a real value is never mistaken for a reference. The entry says `"echo": {"scheme": 1, "json":
+style}`; a scheme or style this cachy does not know, or a reference the request cannot fill, makes the entry
+a miss, never a broken answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .lines import parse_json
+
+SCHEME = 1
+MARK = "$cachy"
+SMALLEST = 64  # bytes of JSON below which a field is not worth a reference
+STYLES = {
+    "compact": {"separators": (",", ":"), "ensure_ascii": False},
+    "compact-ascii": {"separators": (",", ":")},
+    "spaced": {"ensure_ascii": False},
+    "spaced-ascii": {},
+    "indented": {"indent": 2, "ensure_ascii": False},
+    "indented-ascii": {"indent": 2},
+}
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
+
+
+def _events(body: bytes) -> bool:
+    return body.startswith(b"data:") or b"\ndata:" in body
+
+
+def _documents(body: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """The body cut into (before, JSON text, after) pieces that join back to it: one for a JSON body, one per
+    line of a stream (a `data:` line's JSON, or a whole other line as `before`)."""
+    if not _events(body):
+        text = body.rstrip()
+        return [(b"", text, body[len(text) :])]
+    pieces = []
+    for line in body.split(b"\n"):
+        prefix = b"data: " if line.startswith(b"data: ") else b"data:"
+        pieces.append((prefix, line[len(prefix) :], b"\n") if line.startswith(b"data:") else (line, b"", b"\n"))
+    before, text, _ = pieces[-1]
+    pieces[-1] = (before, text, b"")  # the split's last piece has no newline after it
+    return pieces
+
+
+def _resources(document: dict) -> list[dict]:
+    """The objects whose fields may echo the request: the document, and each object directly in it."""
+    return [document, *(value for value in document.values() if isinstance(value, dict))]
+
+
+def _orders(value: Any, asked: Any, path: tuple = ()) -> list:
+    """Where `value`'s key order differs from `asked`'s (equal as JSON values): [path, keys] pairs."""
+    if isinstance(value, dict):
+        found = [] if list(value) == list(asked) else [[list(path), list(value)]]
+        return found + [order for key in value for order in _orders(value[key], asked[key], (*path, key))]
+    if isinstance(value, list):
+        return [order for index, item in enumerate(value) for order in _orders(item, asked[index], (*path, index))]
+    return []
+
+
+def _arranged(value: Any, orders: dict[tuple, list], path: tuple = ()) -> Any:
+    """`value` with its objects' keys in `orders`' order where it names one."""
+    if isinstance(value, dict):
+        keys = orders.get(path, list(value))
+        if sorted(keys) != sorted(value):
+            raise KeyError(path)
+        return {key: _arranged(value[key], orders, (*path, key)) for key in keys}
+    if isinstance(value, list):
+        return [_arranged(item, orders, (*path, index)) for index, item in enumerate(value)]
+    return value
+
+
+def _referenced(document: dict, request: dict, canonical: dict[str, str]) -> bool:
+    """Replace, in place, the echoed fields of `document`'s resources by references; whether any was."""
+    changed = False
+    for resource in _resources(document):
+        for name, value in resource.items():
+            asked = canonical.get(name)
+            if asked is not None and _CANONICAL.encode(value) == asked:
+                orders = _orders(value, request[name])
+                resource[name] = {MARK: name, "order": orders} if orders else {MARK: name}
+                changed = True
+    return changed
+
+
+def _holds_marks(document: dict) -> bool:
+    return any(isinstance(value, dict) and MARK in value for r in _resources(document) for value in r.values())
+
+
+def referenced(body: bytes, request_body: bytes, document: Any) -> tuple[bytes, dict | None]:
+    """The body to store for `body`, the answer to `request_body` (whose normalised JSON is `document`), and
+    the entry's `echo` field: `(body, None)` when nothing is referenced."""
+    names = [name for name, value in document.items() if isinstance(value, (str, list, dict))] if document else []
+    if not any(b'"%s"' % name.encode() in body for name in names):  # most bodies are told without parsing
+        return body, None
+    request = parse_json(request_body)
+    if not isinstance(request, dict):
+        return body, None
+    canonical = {name: _CANONICAL.encode(value) for name, value in request.items() if name in document}
+    canonical = {  # fields that `key_rules` left alone: a request with the same key then sends the same value
+        name: text
+        for name, text in canonical.items()
+        if len(text) >= SMALLEST and _CANONICAL.encode(document[name]) == text
+    }
+    pieces, style = [], None
+    for before, text, after in _documents(body):
+        parsed = parse_json(text) if text.startswith(b"{") else None
+        if isinstance(parsed, dict) and _holds_marks(parsed):
+            return body, None  # a real value of the marker's shape: store the body as it is
+        if not isinstance(parsed, dict):
+            pieces.append(before + text + after)
+            continue
+        written = _style_of(parsed, text) if style is None else (style if _dumps(parsed, style) == text else None)
+        if written is not None and _referenced(parsed, request, canonical):
+            style = written
+            text = _dumps(parsed, style)
+        pieces.append(before + text + after)
+    if style is None:
+        return body, None
+    stored, echo = b"".join(pieces), {"scheme": SCHEME, "json": style}
+    return (stored, echo) if restored(stored, request_body, echo) == body else (body, None)
+
+
+def _dumps(document: Any, style: str) -> bytes:
+    return json.dumps(document, **STYLES[style]).encode()
+
+
+def _style_of(document: dict, text: bytes) -> str | None:
+    """The style among `STYLES` that writes `document` as exactly `text`, if one does."""
+    return next((style for style in STYLES if _dumps(document, style) == text), None)
+
+
+def restored(body: bytes, request_body: bytes, echo: Any) -> bytes | None:
+    """`body` as stored with references, its fields filled from `request_body`; None when this cachy cannot
+    (an unknown scheme or style, a request that lacks a referenced field): the entry is then a miss."""
+    if not isinstance(echo, dict) or echo.get("scheme") != SCHEME or echo.get("json") not in STYLES:
+        return None
+    request = parse_json(request_body)
+    if not isinstance(request, dict):
+        return None
+    pieces = []
+    for before, text, after in _documents(body):
+        if b'"' + MARK.encode() + b'"' in text:
+            document = parse_json(text)
+            if not isinstance(document, dict) or not _filled(document, request):
+                return None
+            text = _dumps(document, echo["json"])
+        pieces.append(before + text + after)
+    return b"".join(pieces)
+
+
+def _filled(document: dict, request: dict) -> bool:
+    """Replace, in place, the references of `document`'s resources by the request's fields; False when one
+    cannot be filled."""
+    for resource in _resources(document):
+        for name, value in resource.items():
+            if isinstance(value, dict) and MARK in value:
+                source, orders = value.get(MARK), value.get("order", [])
+                if source not in request or not isinstance(orders, list):
+                    return False
+                try:
+                    arranged = {tuple(path): keys for path, keys in orders}
+                    resource[name] = _arranged(request[source], arranged)
+                except (TypeError, ValueError, KeyError, IndexError):
+                    return False
+    return True

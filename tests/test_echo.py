@@ -1,0 +1,128 @@
+"""The echo left out: response fields that repeat the request's are stored as references and restored from
+the request at replay, byte for byte; the opt-out, entries this cachy cannot restore, and the session target."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import httpx2
+import pytest
+from helpers import JSON, SSE, Upstream, entries
+
+from cachy import CachyMiss, cachy_stats, disable_cachy, enable_cachy
+
+sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+import bench_echo
+
+URL = "https://api.openai.com/v1/responses"
+PROMPT = "Be brief. " * 50
+TOOLS = [{"type": "function", "name": "look", "description": "looks a thing up", "parameters": {"type": "object"}}]
+ASKED = {"model": "m", "instructions": PROMPT, "tools": TOOLS, "input": "hi"}
+
+
+def echoing(body: dict, n: int) -> dict:
+    """A resource that echoes `body`: the tools in another key order, the model resolved."""
+    tools = [dict(reversed(tool.items())) for tool in body["tools"]]
+    return {
+        "id": f"resp_{n}",
+        "object": "response",
+        "instructions": body["instructions"],
+        "model": "m-1",
+        "tools": tools,
+    }
+
+
+def whole(request, n):
+    return 200, JSON, json.dumps(echoing(json.loads(request.content), n), indent=2).encode()
+
+
+def streamed(request, n):
+    resource = echoing(json.loads(request.content), n)
+    events = [("response.created", {"type": "response.created", "response": resource})] * 2
+    text = "".join(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n" for name, data in events)
+    return 200, SSE, text.encode()
+
+
+def post(upstream: Upstream, body: dict = ASKED, stream: bool = False) -> bytes:
+    client = httpx2.Client(transport=httpx2.MockTransport(upstream))
+    if not stream:
+        return client.post(URL, json=body).content
+    with client.stream("POST", URL, json=body) as response:
+        return response.read()
+
+
+@pytest.mark.parametrize("reply, stream", [(whole, False), (streamed, True)])
+def test_a_replay_is_the_live_bytes_with_the_echo_stored_as_references(cache_dir, reply, stream):
+    upstream = Upstream(reply)
+    live = upstream.reply(httpx2.Request("POST", URL, json=ASKED), 1)[2]
+    assert post(upstream, stream=stream) == live  # the miss answers with what a hit replays
+    (entry,) = entries(cache_dir)
+    assert entry["echo"] == {"scheme": 1, "json": "compact" if stream else "indented"}
+    stored = json.loads(entry["response"].strip().split("data:")[-1])
+    resource = stored["response"] if stream else stored
+    assert resource["instructions"] == {"$cachy": "instructions"} and PROMPT not in entry["response"]
+    assert resource["tools"] == {"$cachy": "tools", "order": [[[0], ["parameters", "description", "name", "type"]]]}
+    assert resource["model"] == "m-1"  # a value that differs from the request's stays
+    assert post(upstream, stream=stream) == live
+    assert (upstream.calls, cachy_stats().hits) == (1, 1)
+
+
+def test_echo_false_stores_the_bytes_as_they_are(tmp_path):
+    enable_cachy(tmp_path, echo=False)
+    upstream = Upstream(whole)
+    live = post(upstream)
+    (entry,) = entries(tmp_path)
+    assert entry["response"].encode() == live and "echo" not in entry
+
+
+def test_an_entry_of_an_unknown_scheme_is_a_miss_never_a_broken_answer(tmp_path):
+    enable_cachy(tmp_path)
+    upstream = Upstream(whole)
+    live = post(upstream)
+    path = tmp_path / "cachy.jsonl"
+    path.write_text(path.read_text().replace('"scheme": 1', '"scheme": 2'))
+    enable_cachy(tmp_path, mode="replay")
+    with pytest.raises(CachyMiss):
+        post(upstream)
+    enable_cachy(tmp_path)
+    assert post(upstream) != live and upstream.calls == 2  # recorded again, in place of the entry it could not read
+    assert post(upstream) == upstream.reply(httpx2.Request("POST", URL, json=ASKED), 2)[2]
+
+
+def test_a_real_value_of_the_markers_shape_is_stored_as_it_is(cache_dir):
+    answer = {"object": "response", "instructions": PROMPT, "note": {"$cachy": "instructions"}}
+    upstream = Upstream(lambda request, n: (200, JSON, json.dumps(answer).encode()))
+    assert json.loads(post(upstream)) == answer
+    (entry,) = entries(cache_dir)
+    assert "echo" not in entry and json.loads(entry["response"]) == answer
+    assert json.loads(post(upstream)) == answer
+
+
+def test_bytes_no_style_rebuilds_and_small_fields_are_stored_as_they_are(cache_dir):
+    odd = Upstream(lambda request, n: (200, JSON, b'{"instructions" : %s}' % json.dumps(PROMPT).encode()))
+    post(odd)
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "user": "u"}
+    small = Upstream(lambda request, n: (200, JSON, json.dumps({"model": "m", "user": "u"}).encode()))
+    post(small, chat)
+    assert all("echo" not in entry for entry in entries(cache_dir))
+
+
+def test_a_request_that_cannot_fill_a_reference_misses(tmp_path):
+    enable_cachy(tmp_path)
+    post(Upstream(whole))
+    path = tmp_path / "cachy.jsonl"
+    path.write_text(path.read_text().replace('\\"$cachy\\": \\"tools\\"', '\\"$cachy\\": \\"absent\\"'))
+    disable_cachy()
+    enable_cachy(tmp_path, mode="replay")
+    with pytest.raises(CachyMiss):
+        post(Upstream(whole))
+
+
+@pytest.mark.slow
+def test_a_session_of_twenty_responses_calls_stores_under_30_percent_and_replays_every_object(tmp_path):
+    exact = bench_echo.run(tmp_path / "exact", echo=False)
+    referenced = bench_echo.run(tmp_path / "referenced")
+    assert exact["equal"] and referenced["equal"] and referenced["keeps_instructions_and_tools"]
+    assert referenced["bytes"] <= 0.30 * exact["bytes"]
