@@ -1063,35 +1063,32 @@ def default_cache_dir() -> Path:
     return next((folder for folder in (cwd, *cwd.parents) if (folder / "pyproject.toml").is_file()), cwd)
 
 
-def _engine(
-    cache_dir: str | os.PathLike | None = None,
-    doms: Iterable[str] = doms,
-    hdrs: Iterable[str] | None = None,
-    mode: str | None = None,
-    debug: bool | str = False,
-    repeats: bool = False,
-    max_age: float | datetime.timedelta | str | None = None,
-    echo: bool = True,
-) -> Engine:
-    """Check the arguments of `enable_cachy` and make the engine they describe."""
+def _engine(**settings: Any) -> Engine:
+    """The engine that `enable_cachy`'s arguments describe (`cachy()` takes the same), each checked: a name
+    `enable_cachy` does not take is a TypeError, as it would be in a call of `enable_cachy` itself."""
+    given = inspect.signature(enable_cachy).bind(**settings)
+    given.apply_defaults()
+    setting = given.arguments
+    max_age = setting["max_age"]
     if max_age is None and os.environ.get("CACHY_MAX_AGE"):
         max_age = expiry.seconds_of(os.environ["CACHY_MAX_AGE"], "CACHY_MAX_AGE")
     seconds = None if max_age is None else expiry.seconds_of(max_age)
-    source = "mode" if mode else "CACHY_MODE"
-    mode = mode or os.environ.get("CACHY_MODE") or "record"
+    source = "mode" if setting["mode"] else "CACHY_MODE"
+    mode = setting["mode"] or os.environ.get("CACHY_MODE") or "record"
     if mode not in MODES:
         raise ValueError(f"unknown cachy mode {mode!r} (from {source}): use one of {', '.join(MODES)}")
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = Path(setting["cache_dir"]) if setting["cache_dir"] is not None else default_cache_dir()
     if folder.is_file():
         raise NotADirectoryError(f"cache_dir {folder} is a file: give the folder that holds (or will hold) cachy.jsonl")
+    debug = setting["debug"]
     if debug not in (True, False, "miss"):
         raise ValueError(f"debug is True, False or 'miss' (print only misses), not {debug!r}")
-    hosts = _hosts(doms)
-    headers = _names(hdrs, "hdrs")
+    hosts = _hosts(setting["doms"])
+    headers = _names(setting["hdrs"], "hdrs")
     folder.mkdir(parents=True, exist_ok=True)
     store = _store_for(folder / "cachy.jsonl")
     store.refresh()
-    return Engine(store, hosts, headers, mode, debug, repeats, seconds, echo)
+    return Engine(store, hosts, headers, mode, debug, setting["repeats"], seconds, setting["echo"])
 
 
 def enable_cachy(
@@ -1113,7 +1110,7 @@ def enable_cachy(
     `max_age` (seconds, a timedelta, or "30d", "12h", "90m"; `CACHY_MAX_AGE` sets the default) is recorded
     again. `echo=False` stores bodies byte for byte, with no references to the request's fields (see `echo`)."""
     global _enabled
-    engine = _engine(cache_dir, doms, hdrs, mode, debug, repeats, max_age, echo)
+    engine = _engine(**locals())  # this function's arguments, as given
     with _switch_lock:
         _enabled = engine
         _patch()

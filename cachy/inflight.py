@@ -142,13 +142,6 @@ def _board(place: tuple[Store, str], looks: bool) -> tuple[Flight | Entry, bool]
         return flight, True
 
 
-def _unopposed(place: tuple[Store, str], looks: bool) -> Flight | Entry | None:
-    """The usual miss, with nothing in flight for `place`: a new flight to lead (or an entry recorded since),
-    found without starting a wait; None when a flight is in the air, to be waited for by `_boarding`."""
-    found, leads = _board(place, looks)
-    return found if leads or isinstance(found, Entry) else None
-
-
 def _boarding(
     place: tuple[Store, str], looks: bool, limit: float | None, blocking: bool
 ) -> Generator[tuple[Flight, float], None, Flight | Entry | None]:
@@ -186,9 +179,6 @@ def lead_or_wait(store: Store, slot: str, looks: bool, limit: float | None) -> F
     (waiting up to `limit` seconds; None: `LONGEST_WAIT`); or a new Flight for the caller to lead, send and
     `land`; or None, to go live alone. A caller that `looks` (record mode) is given an entry recorded since it
     missed, as its miss may be stale by the time it boards."""
-    found = _unopposed((store, slot), looks)
-    if found is not None:
-        return found
     boarding = _boarding((store, slot), looks, limit, blocking=True)
     try:
         while True:
@@ -200,9 +190,6 @@ def lead_or_wait(store: Store, slot: str, looks: bool, limit: float | None) -> F
 
 async def alead_or_wait(store: Store, slot: str, looks: bool, limit: float | None) -> Flight | Entry | None:
     """`lead_or_wait` for a task: it awaits the landing, and its loop runs on meanwhile."""
-    found = _unopposed((store, slot), looks)
-    if found is not None:
-        return found
     boarding = _boarding((store, slot), looks, limit, blocking=False)
     try:
         while True:
