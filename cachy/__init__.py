@@ -9,10 +9,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and editors; __all__ is built from _HOMES, which they cannot read
+    from .compaction import Rewrite  # noqa: F401
     from .core import (  # noqa: F401
         KEY_VERSION,
         MODES,
-        Rewrite,
         cachy,
         cachy_stats,
         compact_cachy,
@@ -33,7 +33,7 @@ _HOMES = {
     "MODES": "core",
     "CachyMiss": "errors",
     "CachyWarning": "errors",
-    "Rewrite": "core",
+    "Rewrite": "compaction",
     "Stats": "stats",
     "cachy": "core",
     "cachy_stats": "core",

@@ -39,7 +39,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from . import echo, expiry, fileio, inflight, lines, original, provenance, uploads
+from . import compaction, echo, expiry, fileio, inflight, lines, original, provenance, uploads
+from .compaction import Rewrite
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
@@ -191,19 +192,6 @@ def request_key(request: httpx.Request, stream: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------------------------- store
-@dataclass
-class Rewrite:
-    """What `compact_cachy` or `prune_cachy` did to the file."""
-
-    kept: int
-    duplicates: int
-    damaged: list[int]
-    pruned: int = 0
-    stale: int = 0
-    expired: int = 0  # dropped as older than `older_than`
-    undated: int = 0  # kept with `older_than`, as they have no recording time
-
-
 class Store:
     """`cachy.jsonl`: an index from key to line position, kept in step with what other processes append.
 
@@ -406,44 +394,19 @@ class Store:
                 self._identity = fileio.identity(os.fstat(self._writer))
 
     def rewrite(self, keep: set[str] | None = None, drop_stale: bool = False, older_than: float = 0) -> Rewrite:
-        """Rewrite the file atomically: the last entry per key and occurrence, damaged lines dropped, sorted,
-        mode kept. Refuses a file most of whose lines are not entries: it is not a cache file."""
+        """Rewrite the file atomically, under the lock, with the lines `compaction.chosen` keeps; mode kept."""
         with self._mutex:
             if not self.path.exists():
                 return Rewrite(kept=0, duplicates=0, damaged=[])
             if self._reader is None:
                 self._reader = os.open(self.path, os.O_RDONLY | fileio.O_BINARY)
             with _FileLock(self):
-                latest = {}  # the last line of each slot
-                damaged = []
-                text_lines = 0  # damaged lines that hold text: many of them, and this is no cache file
-                stale = 0
-                count = 0
-                upgraded = set()  # the original's keys that cachy's entries were upgraded from
-                for number, line, head in lines.scan(self._reader):
-                    if head is None:
-                        damaged.append(number)
-                        text_lines += bool(line.strip())
-                    elif drop_stale and head.version != KEY_VERSION and not lines.ORIGINAL_KEY.fullmatch(head.key):
-                        stale += 1
-                    else:
-                        count += 1
-                        latest[(head.key, head.n)] = line
-                        upgraded.add(original.upgraded_from(line))
-                if drop_stale:  # the original's entries are stale once upgraded; the others still serve
-                    dropped = [key for key in upgraded if latest.pop((key, 1), None) is not None]
-                    stale, count = stale + len(dropped), count - len(dropped)
-                if text_lines > count + stale:
-                    raise ValueError(
-                        f"{self.path} is not a cachy file: most of its lines are not entries. Left unchanged."
-                    )
-                wanted = [slot for slot in latest if keep is None or lines.slot(*slot) in keep]
-                aged, undated = expiry.older_than({slot: latest[slot] for slot in wanted}, older_than)
-                kept = sorted(slot for slot in wanted if slot not in aged)
+                scanned = lines.scan(self._reader)
+                kept, result = compaction.chosen(scanned, KEY_VERSION, keep, drop_stale, older_than, self.path)
                 fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".cachy-", suffix=".tmp")
                 try:
                     with os.fdopen(fd, "wb") as target:
-                        target.writelines(latest[slot] for slot in kept)
+                        target.writelines(kept)
                     shutil.copymode(self.path, temp)
                     if os.name == "nt":
                         self._close()  # Windows cannot replace an open file
@@ -453,7 +416,7 @@ class Store:
                     raise
             self._close()
             self._sync()
-        return Rewrite(len(kept), count - len(latest), damaged, len(latest) - len(wanted), stale, len(aged), undated)
+        return result
 
 
 class _FileLock:
