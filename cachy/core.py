@@ -707,7 +707,12 @@ class Engine:
             self.count(Outcome.UNRECORDED, miss.call.method, miss.url, miss.slot, f" ({reason})")
             inflight.land(flight, None)
 
-        return StreamRecording(miss.started, stored, finished, abandoned)
+        if flight is None:
+            return StreamRecording(miss.started, stored, finished, abandoned)
+        flight.handed_over()  # its waiters wait only while its caller reads it (see `inflight`)
+        return StreamRecording(
+            miss.started, stored, finished, abandoned, reading=flight.being_read, dropped=lambda: flight.land(None)
+        )
 
     def _save(self, miss: Miss, entry: Entry, flight: inflight.Flight | None) -> None:
         """Append the entry, then land `flight` with it. A file that cannot be written loses the entry, never

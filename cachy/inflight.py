@@ -40,9 +40,11 @@ class Store(Protocol):
 
 
 LONGEST_WAIT = 600.0  # seconds, for a client that sets no timeout: openai's own default
+UNREAD_GRACE = 0.5  # seconds a stream handed to its caller may stay unread before its waiters go on by themselves
 
 _flights: dict[tuple[Store, str], Flight] = {}  # the flights in the air, by store and slot
-_lock = threading.Lock()  # the table, and each flight's landing; renewed in a forked child
+_lock = threading.RLock()  # the table, and each flight's landing; renewed in a forked child. Reentrant: a stream
+# dropped unread is landed by the garbage collector, which may run while this thread holds the lock
 
 
 def _owner(loop: asyncio.AbstractEventLoop | None) -> object:
@@ -65,6 +67,8 @@ class Flight:
         self._event: threading.Event | None = None  # made by the first thread that waits: most flights have none
         self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []  # async waiters
         self.entry: Entry | None = None
+        self._handed_at: float | None = None  # when the leader's live stream went to its caller, if it streams
+        self._read = False  # whether that caller began to read it
         self.loop = _running_loop()  # a thread that runs this loop must not block waiting for it
         self.owner = _owner(self.loop)
 
@@ -84,6 +88,20 @@ class Flight:
         for loop, future in futures:
             with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits there any more
                 loop.call_soon_threadsafe(_wake, future)
+
+    def handed_over(self) -> None:
+        """The leader's response is a stream, handed to its caller unread: the flight lands at the stream's end."""
+        self._handed_at = time.monotonic()
+
+    def being_read(self) -> None:
+        """The leader's caller began to read its stream: its end will come as the provider sends it."""
+        self._read = True
+
+    def unread(self) -> bool:
+        """Whether the leader's stream has stayed unread longer than `UNREAD_GRACE` since it was handed over:
+        its caller may be waiting for the very requests that wait for it (an `asyncio.gather` of both)."""
+        handed = self._handed_at
+        return handed is not None and not self._read and time.monotonic() - handed > UNREAD_GRACE
 
     def waitable(self, blocking: bool) -> bool:
         """Whether this thread or task may wait for the flight: not when it leads it (a stream it has not read
@@ -155,9 +173,11 @@ def _boarding(
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not found.waitable(blocking):
             return None
-        yield found, remaining
-        if not found.landed:  # waited as long as its client would
-            return _take_over(place, found)
+        yield found, min(remaining, UNREAD_GRACE)  # in slices: an unread stream is noticed within one
+        if not found.landed:
+            if found.unread() or time.monotonic() >= deadline:  # nobody reads it, or waited as its client would
+                return _take_over(place, found)
+            continue
         if found.entry is not None:
             return found.entry
 
@@ -202,7 +222,7 @@ async def alead_or_wait(store: Store, slot: str, looks: bool, limit: float | Non
 def _forget_after_fork() -> None:
     """A forked child has none of its parent's calls in flight, and the lock may have been held."""
     global _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _flights.clear()
 
 

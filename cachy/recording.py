@@ -22,20 +22,32 @@ class StreamRecording:
         headers: dict[str, str],
         finished: Callable[[bytes], None],
         abandoned: Callable[[str], None],
+        reading: Callable[[], None] = lambda: None,
+        dropped: Callable[[], None] = lambda: None,
     ):
         self.started = started  # when the request went out, by `time.perf_counter`
         self.headers = headers  # what a hit will replay
         self._finished = finished
         self._abandoned = abandoned
+        self._reading = reading  # once, when the caller begins to read: the stream is being consumed
+        self._dropped = dropped  # when the caller drops it before its end: a later close may still finish it
+        self._begun = False
         self._chunks: list[bytes] = []
         self.done = False
 
     def add(self, chunk: bytes) -> None:
+        self._begin()
         self._chunks.append(chunk)
+
+    def _begin(self) -> None:
+        if not self._begun:
+            self._begun = True
+            self._reading()
 
     def relay(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """Each live chunk, as it arrives, recorded; finished at the upstream's end, abandoned if anything
         (a reset, a timeout, KeyboardInterrupt) breaks it off: what was read is then not the whole body."""
+        self._begin()
         while not self.done:
             try:
                 chunk = next(chunks)
@@ -46,10 +58,16 @@ class StreamRecording:
                 self.abandon("the stream broke off")
                 raise
             self.add(chunk)
-            yield chunk
+            try:
+                yield chunk
+            except GeneratorExit:  # the caller let go before the end (a `break`); closing may yet read the rest
+                if not self.done:
+                    self._dropped()
+                raise
 
     async def arelay(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """`relay`, for an async upstream: cancellation and `asyncio.timeout` break it off too."""
+        self._begin()
         while not self.done:
             try:
                 chunk = await anext(chunks)
@@ -60,7 +78,12 @@ class StreamRecording:
                 self.abandon("the stream broke off")
                 raise
             self.add(chunk)
-            yield chunk
+            try:
+                yield chunk
+            except GeneratorExit:
+                if not self.done:
+                    self._dropped()
+                raise
 
     def finish(self) -> None:
         """The upstream ended normally: the body is whole."""

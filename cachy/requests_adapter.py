@@ -109,7 +109,11 @@ class _Requests:
     def wait_limit(self, request: PreparedRequest) -> float | None:
         """The read timeout: a live call waits that long for its answer."""
         timeout = self._timeout[-1] if isinstance(self._timeout, tuple) else self._timeout
-        return getattr(timeout, "read_timeout", timeout)
+        if isinstance(timeout, urllib3.Timeout):  # its read_timeout raises until its connect timer has started
+            timer = timeout.clone()
+            timer.start_connect()
+            timeout = timer.read_timeout
+        return timeout if isinstance(timeout, (int, float)) else None
 
     def replay(self, entry: Entry, request: PreparedRequest) -> Response:
         """A response built from `entry` the way requests builds a live one, so it reads alike in every way."""

@@ -15,9 +15,10 @@ import httpx2
 import openai
 import pytest
 import requests
+import urllib3
 from helpers import JSON, SSE, Server, entries, sse
 
-from cachy import cachy_stats, disable_cachy, enable_cachy
+from cachy import cachy_stats, disable_cachy, enable_cachy, inflight
 
 LATENCY = 0.15  # how long the fake provider thinks before it answers
 
@@ -359,3 +360,55 @@ def test_joined_requests_are_counted_and_printed(server, tmp_path, capsys):
     assert "2 joined" in str(stats)
     assert "<th>joined</th>" in stats._repr_html_()
     assert capsys.readouterr().err.count("cachy joined") == 2
+
+
+def test_identical_streams_sent_together_then_read_wait_for_each_other_no_longer_than_a_moment(server, local):
+    """Observed (review of the coalescing): two identical streamed requests sent together (`asyncio.gather`, or a
+    pool of two threads) and read only once both were sent took the whole read timeout: the second waited for the
+    first's stream, which its caller read only after the second returned. A waiter now goes on by itself once the
+    stream it waits for has stayed unread for `UNREAD_GRACE`."""
+    url = server.url + "/v1/chat/completions"
+
+    async def gathered() -> list[bytes]:
+        async with httpx.AsyncClient(timeout=5) as client:
+
+            def send():
+                request = client.build_request("POST", url, json=_body("same", True))
+                return client.send(request, stream=True)
+
+            responses = await asyncio.gather(send(), send())
+            return [await response.aread() for response in responses]
+
+    started = time.perf_counter()
+    bodies = asyncio.run(gathered())
+    with httpx.Client(timeout=5) as client, ThreadPoolExecutor(2) as pool:
+        pooled = [response.read() for response in pool.map(lambda _: _streamed(client, url), range(2))]
+    assert time.perf_counter() - started < 4 * LATENCY + 2 * inflight.UNREAD_GRACE + 1  # not the 5 s timeout
+    assert len({*bodies, *pooled}) == 1 and bodies[0].endswith(b"data: [DONE]\n\n")
+
+
+def test_a_stream_dropped_after_its_first_chunk_sends_its_waiters_on(server, local):
+    """Observed (review of the coalescing): a stream read in part and dropped without being closed (a `break` out
+    of an SDK's loop) never landed its flight, and an identical request from another thread waited its whole
+    timeout. Dropping it now lands the flight empty, and the waiter goes live."""
+    url = server.url + "/v1/chat/completions"
+    with httpx.Client(timeout=5) as client:
+
+        def read_one_chunk() -> None:
+            for _ in _streamed(client, url).iter_bytes():
+                break
+
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(read_one_chunk).result()
+            started = time.perf_counter()
+            body = pool.submit(lambda: _streamed(client, url).read()).result()
+    assert time.perf_counter() - started < LATENCY + 1
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_requests_timeout_with_a_total_is_read_as_its_wait(server, local):
+    """Observed (review of the coalescing): `timeout=urllib3.Timeout(total=5)`, which requests documents, raised
+    TimeoutStateError out of `send` on every miss: its read_timeout cannot be read before a connection starts it."""
+    url = server.url + "/v1/chat/completions"
+    response = requests.post(url, json=_body("total"), timeout=urllib3.Timeout(total=5))
+    assert response.json()["choices"][0]["message"]["content"] == "answer to total"

@@ -432,3 +432,19 @@ def test_an_occurrence_after_the_first_and_a_line_before_key_versions_read_as_th
     assert line_format.head_of(later) == line_format.Head("0123456789abcdef", "fedcba9876543210", 2, 3)
     before_versions = b'{"key": "0123456789abcdef", "method": "POST", "url": "u", "response": ""}\n'
     assert line_format.head_of(before_versions) == line_format.Head("0123456789abcdef", None, 1, 1)
+
+
+def test_a_file_saved_as_utf16_is_read_as_json_loads_reads_it(tmp_path):
+    """Observed (review of the line reader): a file saved as UTF-16-BE was read line by line by `json.loads(bytes)`,
+    which detects the encoding, and its entries replayed; reading UTF-8 alone, for speed, made every line damaged.
+    A line that is not UTF-8 JSON is now read as `json.loads` reads it. (Little-endian lines split at their
+    newline before its zero byte, so neither reader ever read them.)"""
+    question, entry = recorded(tmp_path)
+    (tmp_path / "cachy.jsonl").write_bytes((json.dumps(entry) + "\n").encode("utf-16-be"))
+    down = Upstream(lambda request, n: (500, JSON, b"the upstream is down"))
+    enable_cachy(tmp_path, mode="replay")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CachyWarning)  # a UTF-16 line splits oddly at its newline
+        answer = down.client().post(CHAT, json=question)
+    assert answer.json() == {"answer": 1}
+    assert down.calls == 0
