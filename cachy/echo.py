@@ -21,9 +21,12 @@ a miss, never a broken answer."""
 from __future__ import annotations
 
 import json
+import json.decoder
+import json.scanner
+import re
 from typing import Any
 
-from .lines import parse_json
+from .lines import BOM, parse_json
 
 SCHEME = 1
 MARK = "$cachy"
@@ -37,6 +40,13 @@ STYLES = {
     "indented-ascii": {"indent": 2},
 }
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
+_MARK_KEY = '"' + MARK + '"'
+_QUOTED_MARK = _MARK_KEY.encode()
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner: a value and where it ends
+_SCAN_STRING = json.decoder.scanstring
+_SPACE = re.compile(r"[ \t\n\r]*")
+_TEXTS: dict[tuple, str] = {}  # (marker's text, style, depth, the request field's text): the restored text
+_TEXTS_KEPT = 64  # an agent sends the same prompt and tools call after call; a few of them are worth keeping
 
 
 def _events(body: bytes) -> bool:
@@ -108,6 +118,8 @@ def referenced(body: bytes, request_body: bytes, document: Any) -> tuple[bytes, 
     names = [name for name, value in document.items() if isinstance(value, (str, list, dict))] if document else []
     if not any(b'"%s"' % name.encode() in body for name in names):  # most bodies are told without parsing
         return body, None
+    if _QUOTED_MARK in body:  # the marker's key, anywhere: a replay then finds every marker by its text
+        return body, None
     request = parse_json(request_body)
     if not isinstance(request, dict):
         return body, None
@@ -137,7 +149,7 @@ def referenced(body: bytes, request_body: bytes, document: Any) -> tuple[bytes, 
 
 
 def _dumps(document: Any, style: str) -> bytes:
-    return json.dumps(document, **STYLES[style]).encode()
+    return json.dumps(document, **STYLES[style]).encode("utf-8", "surrogatepass")
 
 
 def _style_of(document: dict, text: bytes) -> str | None:
@@ -147,19 +159,118 @@ def _style_of(document: dict, text: bytes) -> str | None:
 
 def restored(body: bytes, request_body: bytes, echo: Any) -> bytes | None:
     """`body` as stored with references, its fields filled from `request_body`; None when this cachy cannot
-    (an unknown scheme or style, a request that lacks a referenced field): the entry is then a miss."""
+    (an unknown scheme or style, a request that lacks a referenced field): the entry is then a miss.
+
+    The stored body is the style's JSON, so each reference is spliced, not the document rewritten: the
+    reference's text is found in the body and replaced by the request's value written in the style at the
+    reference's depth. Only that value is written (an indented one by the pure-Python encoder, which
+    `indent=` falls back to), and the text of one request value is kept for the next hit that sends it."""
     if not isinstance(echo, dict) or echo.get("scheme") != SCHEME or echo.get("json") not in STYLES:
         return None
+    try:
+        spliced = _spliced(body, request_body, echo["json"])
+        return _rewritten(body, request_body, echo["json"]) if spliced is None else spliced
+    except UnicodeEncodeError:  # a lone surrogate that UTF-8 cannot write: the bytes cannot be rebuilt
+        return None
+
+
+def _spliced(body: bytes, request_body: bytes, style: str) -> bytes | None:
+    """`restored` by splicing; None when a splice cannot tell (a reference the request cannot fill, a body
+    not as `referenced` writes it): `_rewritten` then decides, as every scheme-1 entry was once restored.
+
+    `referenced` stores no body that holds the marker's key anywhere, so each `"$cachy"` in a stored body is
+    the first key of a reference, whose end the C scanner finds, and in an indented body whose depth is its
+    line's indentation."""
+    try:
+        text = body.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    at = text.find(_MARK_KEY)
+    fields = _members(request_body) if at >= 0 else {}
+    if fields is None:
+        return None
+    indented = style.startswith("indented")
+    pieces, done = [], 0
+    while at >= 0:
+        start = text.rfind("{", done, at)
+        if start < 0 or text[start + 1 : at].strip(" \n"):
+            return None
+        try:
+            mark, end = _SCAN(text, start)
+        except (StopIteration, RecursionError):
+            return None
+        source, orders = mark.get(MARK), mark.get("order", [])
+        if source not in fields or not isinstance(orders, list):
+            return None
+        line = text[text.rfind("\n", 0, start) + 1 : start]
+        depth = (len(line) - len(line.lstrip(" "))) // 2 if indented else 0
+        raw, value = fields[source]
+        key = (text[start:end], style, depth, raw)
+        filled = _TEXTS.get(key)
+        if filled is None:
+            try:
+                arranged = _arranged(value, {tuple(path): keys for path, keys in orders}) if orders else value
+            except (TypeError, ValueError, KeyError, IndexError):
+                return None
+            filled = json.dumps(arranged, **STYLES[style])
+            filled = filled.replace("\n", "\n" + "  " * depth) if depth else filled
+            if len(_TEXTS) >= _TEXTS_KEPT:
+                _TEXTS.clear()
+            _TEXTS[key] = filled
+        pieces += [text[done:start], filled]
+        done = end
+        at = text.find(_MARK_KEY, end)
+    pieces.append(text[done:])
+    return "".join(pieces).encode("utf-8", "surrogatepass")
+
+
+def _members(request_body: bytes) -> dict[str, tuple[str, Any]] | None:
+    """The request's top-level fields, each as its JSON text and value, read by the C scanner as `json.loads`
+    reads them (the last of a repeated name wins); None when the body is not a JSON object."""
+    try:
+        text = request_body.removeprefix(BOM).decode("utf-8", "surrogatepass")
+        at = _SPACE.match(text).end()
+        if text[at : at + 1] != "{":
+            return None
+        at = _SPACE.match(text, at + 1).end()
+        fields: dict[str, tuple[str, Any]] = {}
+        if text[at : at + 1] == "}":
+            at += 1
+        else:
+            while True:
+                if text[at : at + 1] != '"':
+                    return None
+                name, at = _SCAN_STRING(text, at + 1)
+                at = _SPACE.match(text, at).end()
+                if text[at : at + 1] != ":":
+                    return None
+                start = _SPACE.match(text, at + 1).end()
+                value, at = _SCAN(text, start)
+                fields[name] = (text[start:at], value)
+                at = _SPACE.match(text, at).end()
+                closing = text[at : at + 1]
+                at = _SPACE.match(text, at + 1).end() if closing else at
+                if closing == "}":
+                    break
+                if closing != ",":
+                    return None
+        return fields if _SPACE.match(text, at).end() == len(text) else None
+    except (ValueError, StopIteration, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _rewritten(body: bytes, request_body: bytes, style: str) -> bytes | None:
+    """`restored` by parsing each document that holds a reference, filling it and writing it again."""
     request = parse_json(request_body)
     if not isinstance(request, dict):
         return None
     pieces = []
     for before, text, after in _documents(body):
-        if b'"' + MARK.encode() + b'"' in text:
+        if _QUOTED_MARK in text:
             document = parse_json(text)
             if not isinstance(document, dict) or not _filled(document, request):
                 return None
-            text = _dumps(document, echo["json"])
+            text = _dumps(document, style)
         pieces.append(before + text + after)
     return b"".join(pieces)
 

@@ -11,7 +11,7 @@ import httpx2
 import pytest
 from helpers import JSON, SSE, Upstream, entries
 
-from cachy import CachyMiss, cachy_stats, disable_cachy, enable_cachy
+from cachy import CachyMiss, cachy_stats, disable_cachy, echo, enable_cachy
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
 import bench_echo
@@ -126,3 +126,30 @@ def test_a_session_of_twenty_responses_calls_stores_under_30_percent_and_replays
     referenced = bench_echo.run(tmp_path / "referenced")
     assert exact["equal"] and referenced["equal"] and referenced["keeps_instructions_and_tools"]
     assert referenced["bytes"] <= 0.30 * exact["bytes"]
+
+
+@pytest.mark.parametrize("style", list(echo.STYLES))
+def test_a_hit_splices_each_reference_in_every_style_without_rewriting_the_body(style):
+    request = json.dumps({**ASKED, "instructions": PROMPT + 'é\n"', "metadata": {"k": "v" * 80}}).encode()
+    asked = json.loads(request)
+    resource = {**echoing(asked, 1), "metadata": asked["metadata"], "output": [{"x": [1, {"y": None}]}]}
+    event = {"type": "response.created", "response": resource, "n": 1}
+    for body in (
+        json.dumps(resource, **echo.STYLES[style]).encode(),
+        json.dumps(event, **echo.STYLES[style]).encode() + b"\n",
+        b"event: e\ndata: %s\n\n" % json.dumps(event, **echo.STYLES[style]).encode(),
+    ):
+        stored, references = echo.referenced(body, request, asked)
+        if b"\ndata:" in body and style.startswith("indented"):
+            assert references is None  # an indented event is not one line: not a stream cachy can read
+            continue
+        assert references == {"scheme": 1, "json": style} and PROMPT.encode() not in stored
+        echo._TEXTS.clear()
+        assert echo._spliced(stored, request, style) == body == echo._rewritten(stored, request, style)
+        assert echo._spliced(stored, request, style) == body  # the second, from the texts kept
+
+
+def test_a_body_that_holds_the_markers_key_below_its_resources_is_stored_as_it_is():
+    request = json.dumps(ASKED).encode()
+    body = json.dumps({"instructions": PROMPT, "output": [{"$cachy": "tools"}]}).encode()
+    assert echo.referenced(body, request, ASKED) == (body, None)

@@ -1,22 +1,28 @@
 """What the Responses API's echo costs a cache file, and whether replays keep it: cachy with references to the
 request (the default), cachy storing bytes as they are (`echo=False`), and the original, pycachy 0.0.22.
 
-Run by hand, not by pytest:  python tests/benchmarks/bench_echo.py [--original DIR]
+Run by hand, not by pytest:  python tests/benchmarks/bench_echo.py [--original DIR] [--hits N]
 A session is 20 calls of the real openai SDK (10 streamed), each with an 8 KB `instructions` and 10 function
 tools, against a fake upstream that echoes the request as the API does: the instructions, the tools in the
 API's own key order, defaults for the fields the request left out, a resolved model name. Each session is
 recorded, then replayed with the upstream down, and every replayed object's `model_dump()` is compared with
 the live one. With `--original DIR` (pycachy installed there: `pip install --no-deps --target DIR
-pycachy==0.0.22`) the same session runs on it in a process of its own, as both packages are named `cachy`."""
+pycachy==0.0.22`) the same session runs on it in a process of its own, as both packages are named `cachy`.
+With `--hits N`, what a hit costs instead: one whole (indented) and one streamed (compact events) call of the
+session recorded with references and with `echo=False`, then N hits of each through plain httpx with the
+upstream down, the variants interleaved round by round; medians. "cold" forgets the texts of request fields
+kept from the previous hit (`echo._TEXTS`), as the first hit of a prompt and tools pays."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx2
@@ -178,10 +184,62 @@ def original(directory: str) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def hits(n: int, rounds: int = 20) -> dict:
+    """Median microseconds of a hit, per (call, variant): see the module's docstring."""
+    from cachy import echo
+
+    asked = {"model": "gpt-bench", "instructions": INSTRUCTIONS, "tools": TOOLS, "input": "question"}
+    calls = {"whole (indented)": asked, "stream (compact events)": {**asked, "stream": True}}
+    variants = {"echo=False": {"echo": False}, "references": {}, "references, cold": {}}
+    folders = {name: Path(tempfile.mkdtemp()) for name in ("echo=False", "references")}
+    client = httpx2.Client()
+
+    def call(body: dict) -> bytes:
+        if not body.get("stream"):
+            return client.post("https://api.openai.com/v1/responses", json=body).content
+        with client.stream("POST", "https://api.openai.com/v1/responses", json=body) as response:
+            return response.read()
+
+    live = {}
+    for name, folder in folders.items():  # each recorded from an upstream of its own: the same bytes
+        client = httpx2.Client(transport=httpx2.MockTransport(upstream([])))
+        enable_cachy(folder, **variants[name])
+        live[name] = {label: call(body) for label, body in calls.items()}
+    assert live["echo=False"] == live["references"]
+    os.environ["BENCH_UPSTREAM_DOWN"] = "1"
+    times: dict = {(label, variant): [] for label in calls for variant in variants}
+    try:
+        for _ in range(rounds):
+            for variant, kwargs in variants.items():
+                enable_cachy(folders[variant.split(",")[0]], mode="replay", **kwargs)
+                for label, body in calls.items():
+                    assert call(body) == live["echo=False"][label]
+                    for _ in range(max(1, n // rounds)):
+                        if variant.endswith("cold"):
+                            getattr(echo, "_TEXTS", {}).clear()  # a cachy that keeps none: the same
+                        start = time.perf_counter()
+                        call(body)
+                        times[label, variant].append(time.perf_counter() - start)
+    finally:
+        del os.environ["BENCH_UPSTREAM_DOWN"]
+        disable_cachy()
+    return {key: statistics.median(found) * 1e6 for key, found in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--original", metavar="DIR", help="where pycachy 0.0.22 is installed, to compare")
+    parser.add_argument("--hits", metavar="N", type=int, help="time N hits of each call and variant instead")
     args = parser.parse_args()
+    if args.hits:
+        found = hits(args.hits)
+        print(f"median us per hit, {args.hits} hits each, 8 KB instructions and 10 tools; cachy {cachy.__file__}")
+        print("| call | echo=False | references | ratio | references, cold | ratio |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for label in dict.fromkeys(label for label, _ in found):
+            exact, warm, cold = (found[label, v] for v in ("echo=False", "references", "references, cold"))
+            print(f"| {label} | {exact:.0f} | {warm:.0f} | {warm / exact:.2f}x | {cold:.0f} | {cold / exact:.2f}x |")
+        return
     results = {}
     for name, kwargs in (
         ("cachy, bytes as they are (echo=False)", {"echo": False}),
