@@ -240,9 +240,13 @@ class Store:
                 self._sync()
 
     @property
+    def originals(self) -> int:
+        """How many entries of the original cachy's the file held at the last `catch_up`: `find` takes their keys."""
+        return self._index.originals
+
+    @property
     def holds_originals(self) -> bool:
-        """Whether the file held entries of the original cachy's, as of the last `catch_up`: `find` takes their keys."""
-        return self._index.originals > 0
+        return self.originals > 0
 
     def key_of_raw(self, raw: str) -> str | None:
         """The key that the exact bytes with digest `raw` were recorded under, as of the last `catch_up`."""
@@ -663,9 +667,16 @@ class Engine:
         return miss
 
     def _why(self, miss: Miss) -> str:
-        """Why `miss` missed, against what is recorded for its endpoint."""
+        """Why `miss` missed, against what is recorded for its endpoint, and what the original cachy's entries,
+        which keep no request to compare with, could not tell."""
         recorded = self.store.entries_for(miss.call.method, miss.url)
-        return explain(miss.call.method, miss.url, miss.key, miss.n, miss.call.stream, miss.document, recorded)
+        why = explain(miss.call.method, miss.url, miss.key, miss.n, miss.call.stream, miss.document, recorded)
+        if self.store.holds_originals:
+            why += (
+                f"; the file also holds {self.store.originals} entries of the original cachy's, which keep no request"
+                " to compare with: the key of no release of it matched"
+            )
+        return why
 
     # ------------------------------------------------------------------------------ recording
     def records(self, status: int) -> bool:

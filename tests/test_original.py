@@ -8,6 +8,7 @@ import base64
 import inspect
 import json
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -372,3 +373,16 @@ def test_the_originals_api_norm_pats_and_the_signature_of_cachy():
     parameters = inspect.signature(cachy.cachy).parameters
     assert list(parameters) == list(inspect.signature(enable_cachy).parameters)
     assert {"cache_dir", "doms", "hdrs", "debug"} <= set(parameters)
+
+
+def test_a_replay_miss_says_the_originals_entries_keep_no_request_to_compare_with(tmp_path):
+    """Observed (claudette's notebooks, run offline): a miss in a file of the original's entries said "Nothing is
+    recorded for POST /v1/messages", against 90 of them: they keep no method nor URL. It now says so."""
+    data = Path(__file__).parent / "data" / "original" / "0.0.22.jsonl"
+    (tmp_path / "cachy.jsonl").write_bytes(data.read_bytes())
+    upstream = Upstream(lambda request, n: (500, JSON, b"the upstream is down"))
+    with pytest.warns(CachyWarning, match="8-character keys"):
+        enable_cachy(tmp_path, mode="replay")
+        with pytest.raises(CachyMiss, match="entries of the original cachy's, which keep no request"):
+            upstream.client().post(CHAT, json={"model": "m", "messages": [{"role": "user", "content": "never sent"}]})
+    assert upstream.calls == 0
