@@ -39,8 +39,9 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from . import compaction, echo, expiry, fileio, inflight, lines, original, provenance, uploads
+from . import compaction, echo, errors, expiry, fileio, inflight, lines, original, provenance, uploads
 from .compaction import Rewrite
+from .decorating import decorated
 from .errors import CachyMiss, warn
 from .explain import explain, fingerprint
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
@@ -354,24 +355,13 @@ class Store:
     def _report(self, damaged: list[int], original: int) -> None:
         """One short warning per kind of trouble that a read found."""
         if damaged:
-            first = ", ".join(map(str, damaged[:5])) + (", …" if len(damaged) > 5 else "")
-            warn(f"cachy skipped damaged lines of {self.path}: {len(damaged)} in all, line {first}")
+            warn(errors.damaged_lines(self.path, damaged))
         if original:
-            warn(
-                f"{self.path} has {original} entries with 8-character keys, as the original cachy (pycachy) "
-                "writes them: they are served (a request hits when a release of the original would have keyed it "
-                "so), and in record mode each one used is upgraded to an entry of this cachy's. Once a run has "
-                "used them all, cachy compact --drop-stale drops the upgraded ones."
-            )
+            warn(errors.original_entries(self.path, original))
         stale = {version: n for version, n in self._index.versions.items() if version != KEY_VERSION}
         if stale and not self._stale_reported:
             self._stale_reported = True
-            written = ", ".join(f"{n} by key version {version}" for version, n in sorted(stale.items()))
-            warn(
-                f"{self.path} holds entries written by another key formula ({written}; this cachy writes "
-                f"version {KEY_VERSION}). They still hit when both versions key the request alike; the others "
-                "miss and are recorded again. To drop them: cachy compact --drop-stale"
-            )
+            warn(errors.stale_entries(self.path, stale, KEY_VERSION))
 
     # ------------------------------------------------------------------------------ writes
     def append(self, key: str, n: int, raw: str, line: bytes) -> None:
@@ -628,13 +618,7 @@ class Engine:
         if self.mode == "replay":
             why = self._why(miss)
             self.count(Outcome.REPLAY_MISS, miss.call.method, miss.url, miss.slot, f" - why: {why}")
-            occurrence = f" (occurrence {miss.n} of this request)" if miss.n > 1 else ""
-            raise CachyMiss(
-                f"cachy: no recorded response for {miss.call.method} {miss.url}{occurrence} (key {miss.key}) in "
-                f"{self.store.path}, and cachy is in replay mode. Record it by running once with API keys in "
-                'record mode (CACHY_MODE=record, or enable_cachy(mode="record")), then commit the file.\n'
-                f"Why it missed: {why}."
-            )
+            raise CachyMiss(errors.replay_miss(miss.call.method, miss.url, miss.n, miss.key, self.store.path, why))
         if self.debug and self.mode == "record":
             miss.why = f" - why: {self._why(miss)}"
         return miss
@@ -1150,43 +1134,6 @@ def prune_cachy() -> Rewrite:
     return compact_cachy(engine.store.path, keep=used)
 
 
-def _decorated(function: Callable, switch: Callable[[], Any]) -> Callable:
-    """`function` run inside a fresh `with switch():`: for a coroutine or generator function, while it runs,
-    not only while it is called."""
-    if inspect.isasyncgenfunction(function):
-
-        @functools.wraps(function)
-        async def run_async_generator(*args, **kwargs):
-            with switch():
-                async for item in function(*args, **kwargs):
-                    yield item
-
-        return run_async_generator
-    if inspect.iscoroutinefunction(function):
-
-        @functools.wraps(function)
-        async def run_async(*args, **kwargs):
-            with switch():
-                return await function(*args, **kwargs)
-
-        return run_async
-    if inspect.isgeneratorfunction(function):
-
-        @functools.wraps(function)
-        def run_generator(*args, **kwargs):
-            with switch():
-                return (yield from function(*args, **kwargs))
-
-        return run_generator
-
-    @functools.wraps(function)
-    def run(*args, **kwargs):
-        with switch():
-            return function(*args, **kwargs)
-
-    return run
-
-
 class cachy:  # noqa: N801 - reads as a statement: `with cachy():`
     """Cache inside a block or decorated function (plain or async), then put back exactly what was there.
 
@@ -1207,7 +1154,7 @@ class cachy:  # noqa: N801 - reads as a statement: `with cachy():`
     )
 
     def __call__(self, function: Callable) -> Callable:
-        return _decorated(function, lambda: cachy(**self._kwargs))
+        return decorated(function, lambda: cachy(**self._kwargs))
 
     def __enter__(self) -> Stats:
         engine = _engine(**self._kwargs)
@@ -1238,7 +1185,7 @@ class no_cachy:  # noqa: N801
     It holds for its own thread or task only; one instance may be entered again, nested or from several threads."""
 
     def __call__(self, function: Callable) -> Callable:
-        return _decorated(function, no_cachy)
+        return decorated(function, no_cachy)
 
     def __enter__(self) -> None:
         _bypass.set(_bypass.get() + 1)

@@ -36,6 +36,42 @@ class CachyWarning(UserWarning):
     """Something in `cachy.jsonl` needs your attention: damaged lines, stale keys, an entry not saved."""
 
 
+def replay_miss(method: str, url: str, n: int, key: str, path: os.PathLike, why: str) -> str:
+    """What a `CachyMiss` says: the request, where cachy looked, how to record it, and why it missed."""
+    occurrence = f" (occurrence {n} of this request)" if n > 1 else ""
+    return (
+        f"cachy: no recorded response for {method} {url}{occurrence} (key {key}) in {path}, and cachy is in "
+        "replay mode. Record it by running once with API keys in record mode (CACHY_MODE=record, or "
+        f'enable_cachy(mode="record")), then commit the file.\nWhy it missed: {why}.'
+    )
+
+
+def damaged_lines(path: os.PathLike, numbers: list[int]) -> str:
+    """The one warning of a read that found damaged lines: a count, and the first few line numbers."""
+    first = ", ".join(map(str, numbers[:5])) + (", …" if len(numbers) > 5 else "")
+    return f"cachy skipped damaged lines of {path}: {len(numbers)} in all, line {first}"
+
+
+def original_entries(path: os.PathLike, count: int) -> str:
+    """The one warning of a read that found entries the original cachy wrote: what happens to them."""
+    return (
+        f"{path} has {count} entries with 8-character keys, as the original cachy (pycachy) writes them: they are "
+        "served (a request hits when a release of the original would have keyed it so), and in record mode each "
+        "one used is upgraded to an entry of this cachy's. Once a run has used them all, cachy compact "
+        "--drop-stale drops the upgraded ones."
+    )
+
+
+def stale_entries(path: os.PathLike, stale: dict[int, int], version: int) -> str:
+    """The one warning of a file that holds entries of other key versions (`stale`: version -> count)."""
+    written = ", ".join(f"{n} by key version {stale_version}" for stale_version, n in sorted(stale.items()))
+    return (
+        f"{path} holds entries written by another key formula ({written}; this cachy writes version {version}). "
+        "They still hit when both versions key the request alike; the others miss and are recorded again. To drop "
+        "them: cachy compact --drop-stale"
+    )
+
+
 def warn(message: str) -> None:
     """Warn at the user's own line that led here (a notebook cell, a test), not inside cachy or an SDK."""
     warnings.warn(message, CachyWarning, stacklevel=_user_stacklevel())
