@@ -549,7 +549,9 @@ class Engine:
         key, document = self._key_of(call, head, raw, looks)
         n = self._occurrence(key) if self.repeats else 1
         slot = lines.slot(key, n)
-        entry = self._replayable(self.store.find(slot), call) if looks else None
+        entry = self.store.find(slot) if looks else None
+        if entry is not None and entry.echo is not None:
+            entry = self._replayable(entry, call)
         live_start = entry is not None and self.mode == "record" and uploads.starts_upload(url, call.headers)
         expired = entry is not None and self.lifetime is not None and self._expired(entry, call.method, url, slot)
         if entry is not None and not live_start and not expired:
@@ -588,11 +590,9 @@ class Engine:
         body, document = _normalised(call, self.rules)
         return _key(head, body), document
 
-    def _replayable(self, entry: Entry | None, call: Call) -> Entry | None:
-        """`entry` with the fields it refers to filled from `call`'s body (see `echo`); None, a miss, when it
-        refers in a way this cachy cannot fill. The request is parsed only for an entry that refers to it."""
-        if entry is None or entry.echo is None:
-            return entry
+    def _replayable(self, entry: Entry, call: Call) -> Entry | None:
+        """`entry`, which refers to the request's fields, with those filled from `call`'s body (see `echo`);
+        None, a miss, when it refers in a way this cachy cannot fill."""
         body = echo.restored(entry.body, call.body, entry.echo)
         return None if body is None else dataclasses.replace(entry, body=body, echo=None)
 
@@ -642,7 +642,7 @@ class Engine:
 
     def _joined(self, miss: Miss, found: inflight.Flight | Entry | None) -> Entry | Miss:
         """An entry, counted as joined; or `miss`, leading `found` when that is a flight."""
-        if isinstance(found, Entry):
+        if isinstance(found, Entry) and found.echo is not None:
             found = self._replayable(found, miss.call)  # an entry found in the store, not a live one landed
         if isinstance(found, Entry):
             self.count(Outcome.JOINED, miss.call.method, miss.url, miss.slot)

@@ -17,16 +17,30 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 
 from .lines import Entry, parse_json
 
-if TYPE_CHECKING:
-    from .core import Call, Store
+
+class Call(Protocol):
+    """What the formulas read of a request (`cachy.core.Call`): this module does not import the core."""
+
+    method: str
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
+    stream: bool
+
+
+class Store(Protocol):
+    """What finding the original's entries needs of the store (`cachy.core.Store`)."""
+
+    def find(self, slot: str) -> Entry | None: ...
+
 
 # What the original replaced before hashing, as of 0.0.13: a notebook cell's file, temp folders, memory
 # addresses and traceback line numbers. The patterns match what its releases matched, character for character.
