@@ -43,7 +43,7 @@ from . import compaction, echo, errors, expiry, fileio, inflight, lines, origina
 from .compaction import Rewrite
 from .decorating import decorated
 from .errors import CachyMiss, warn
-from .explain import explain, fingerprint
+from .explain import explain, fingerprint, recorded_requests
 from .httpx_stream import HTTPX_MODULES, LiveStream, module_of
 from .index import Index
 from .lazy import PatchOnImport
@@ -282,12 +282,8 @@ class Store:
         return lines.parse_json(fileio.read_line(self._reader, offset)) if self._reader is not None else None
 
     def _line_number(self, offset: int) -> int:
-        """The number of the line at `offset`, for a warning: counted, as the index keeps offsets only."""
         with self._mutex:
-            before = 0
-            for start in range(0, offset, 1 << 20):
-                before += fileio.read_at(self._reader, min(1 << 20, offset - start), start).count(b"\n")
-            return before + 1
+            return fileio.line_number(self._reader, offset)
 
     def entries_for(self, method: str, url: str) -> list[dict]:
         """What the entries recorded for `method` and `url` tell of their requests (the last of each slot): read
@@ -297,19 +293,7 @@ class Store:
             if self._reader is None:
                 return []
             if (method, url) not in self._endpoints:
-                needle = json.dumps(url, ensure_ascii=False).encode()
-                found = {}
-                for line in fileio.lines(self._reader, 0):
-                    data = lines.parse_json(line) if needle in line else None
-                    if (
-                        isinstance(data, dict)
-                        and (data.get("method"), data.get("url")) == (method, url)
-                        and isinstance(data.get("key"), str)
-                    ):
-                        found[lines.slot(data["key"], data.get("n", 1))] = {
-                            name: data[name] for name in ("key", "v", "stream", "shape") if name in data
-                        }
-                self._endpoints[(method, url)] = list(found.values())
+                self._endpoints[(method, url)] = recorded_requests(fileio.lines(self._reader, 0), method, url)
             return self._endpoints[(method, url)]
 
     def refresh(self) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from .lines import parse_json, slot
+
 _FINGERPRINT_BITS = 960  # 160 characters of base64: with ~100 fields held, a change goes unnamed ~1.5% of the time
 _FINGERPRINT_DEPTH = 4  # `tools[0].function.description` is a field; anything deeper is hashed into its parent
 _LONG_LIST = 64  # a list of more elements, or whose elements hold more than 128 fields, is held by its two ends:
@@ -214,6 +216,25 @@ def _merged(runs: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
         else:
             merged.append((path, start, stop))
     return merged
+
+
+def recorded_requests(file_lines: Iterable[bytes], method: str, url: str) -> list[dict[str, Any]]:
+    """What the entries recorded for `method` and `url` tell of their requests, the last of each slot: key,
+    key version, stream flag and fingerprint, as `explain` compares them. Lines are found by their URL's JSON,
+    then parsed whole, so that a line means what its fields say, whatever their order."""
+    needle = json.dumps(url, ensure_ascii=False).encode()
+    found = {}
+    for line in file_lines:
+        data = parse_json(line) if needle in line else None
+        if (
+            isinstance(data, dict)
+            and (data.get("method"), data.get("url")) == (method, url)
+            and isinstance(data.get("key"), str)
+        ):
+            found[slot(data["key"], data.get("n", 1))] = {
+                name: data[name] for name in ("key", "v", "stream", "shape") if name in data
+            }
+    return list(found.values())
 
 
 def explain(
