@@ -22,15 +22,18 @@ sending the same request at once still make two calls.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Generator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .lines import Entry
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class Store(Protocol):
@@ -50,11 +53,15 @@ _lock = threading.RLock()  # the table, and each flight's landing; renewed in a 
 def _owner(loop: asyncio.AbstractEventLoop | None) -> object:
     """The task, or else the thread, that runs this code (`loop` is its running loop, if any): what a flight it
     leads may be waiting on."""
-    task = asyncio.current_task(loop) if loop is not None else None
+    task = sys.modules["asyncio"].current_task(loop) if loop is not None else None
     return task or threading.current_thread()
 
 
-_running_loop = asyncio._get_running_loop  # None, where `get_running_loop` would raise: every miss asks
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """This thread's running event loop, if any, asked without raising (every miss asks). A program that has not
+    imported asyncio runs none, and cachy does not import it for them: it takes 20 ms."""
+    asyncio = sys.modules.get("asyncio")
+    return None if asyncio is None else asyncio._get_running_loop()
 
 
 class Flight:
@@ -123,6 +130,8 @@ class Flight:
 
     async def landing(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the landing, without blocking this task's loop."""
+        import asyncio  # imported already: this is a task
+
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with _lock:

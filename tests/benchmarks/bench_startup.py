@@ -34,11 +34,6 @@ IMPORTS = {  # row: (imported before the clock starts, what is timed)
         "import cachy; cachy.enable_cachy",
     ),
     "`import cachy.plugin` (what pytest loads), beyond pytest": ("import pytest", "import cachy.plugin"),
-    "of cachy's core: `fastcore.meta`": ("import httpx, httpx2", "import fastcore.meta"),
-    "of cachy's core: `fastcore.xtras`, beyond `fastcore.meta`": (
-        "import httpx, httpx2, fastcore.meta",
-        "import fastcore.xtras",
-    ),
 }
 
 
@@ -106,7 +101,7 @@ def import_ms(folder: Path, before: str, timed: str) -> float:
 
 
 def import_table(folder: Path, runs: int) -> str:
-    import_ms(folder, "import httpx, httpx2, fastcore.xtras", "import cachy; cachy.enable_cachy")  # bytecode
+    import_ms(folder, "import httpx, httpx2", "import cachy; cachy.enable_cachy")  # bytecode
     lines = ["| import (CPU, median) | |", "|---|---:|"]
     lines += [
         f"| {row} | {statistics.median(import_ms(folder, *code) for _ in range(runs)):.1f} ms |"
