@@ -544,7 +544,7 @@ class Engine:
         if document is None and call.body:  # a hit by these exact bytes whose entry turned out damaged
             document = _normalised(call, self.rules)[1]
         miss = Miss(call, url, key, raw, n, document, recorded=live_start, expired=expired)
-        if looks and n == 1 and self.store.holds_originals:
+        if looks and n == 1 and self.store.holds_originals and not live_start and not expired:
             entry = self._from_original(miss)
             if entry is not None:
                 return entry
@@ -554,7 +554,7 @@ class Engine:
         """The original cachy's entry for the request (see `original`), with the headers cachy keeps; in record
         mode stored in cachy's format too, so that later runs hit by cachy's key. Replay mode writes nothing."""
         found = original.find(self.store, miss.call)
-        if found is None:
+        if found is None or not self.records(found[1].status):  # a 500 or a 429 is no answer to keep serving
             return None
         entry = Entry(
             found[1].status, self.stored_headers(miss.url, found[1].headers), found[1].body, usage=usage(found[1].body)
@@ -731,12 +731,13 @@ class Engine:
             fields["echo"] = references
         if binary:
             fields["binary"] = True
-        fields["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())  # UTC, to the second
-        fields["seconds"] = round(time.perf_counter() - miss.started, 3)
+        if not miss.upgrades:  # an upgrade's answer is as old as the original's entry, which says not when
+            fields["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())  # UTC, to the second
+            fields["seconds"] = round(time.perf_counter() - miss.started, 3)
         tokens = usage(body)
         if tokens:
             fields["usage"] = tokens
-        fields |= provenance.of(miss.call.headers, body)
+        fields |= provenance.of(miss.call.headers if not miss.upgrades else {}, body)
         if miss.document is not None:
             fields["shape"] = fingerprint(miss.document)
         if miss.upgrades:

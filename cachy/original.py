@@ -68,6 +68,7 @@ class Formula:
     noise: tuple[tuple[re.Pattern, str], ...] = ()  # replaced in the body's text (and the URL's, when normalised)
     accept: bool = False  # the `accept` header after the stream flag
     keeps_bytes: bool = False  # a body that is not UTF-8 is hashed as it is, not with replacement characters
+    serves: bool = True  # whether its keys answer requests: a key of the host alone tells no two requests apart
 
 
 FORMULAS = (  # newest first: the files people still use were mostly written by recent releases
@@ -78,7 +79,7 @@ FORMULAS = (  # newest first: the files people still use were mostly written by 
     Formula("0.0.12", "url", "as passed", True, True),
     Formula("0.0.9 to 0.0.11", "url", "False", True, True),
     Formula("0.0.5 to 0.0.8", "url", "False", True, False),
-    Formula("0.0.2 to 0.0.4", "host", "False", False, False),
+    Formula("0.0.2 to 0.0.4", "host", "False", False, False, serves=False),
 )
 
 
@@ -140,10 +141,10 @@ def formula_keys(formula: Formula, call: Call) -> list[str]:
 
 
 def keys(call: Call) -> Iterator[str]:
-    """The request's key under each formula, newest first, each once."""
+    """The request's key under each formula that serves, newest first, each once."""
     seen = set()
     for formula in FORMULAS:
-        for key in formula_keys(formula, call):
+        for key in formula_keys(formula, call) if formula.serves else ():
             if key not in seen:
                 seen.add(key)
                 yield key
@@ -179,7 +180,10 @@ def agrees(call: Call, entry: Entry) -> bool:
 
 def find(store: Store, call: Call) -> tuple[str, Entry] | None:
     """The original's key and entry that answer `call`: the first formula whose key the file holds, and whose
-    entry agrees in kind; its headers by lower-case name, as cachy keeps them."""
+    entry agrees in kind; its headers by lower-case name, as cachy keeps them. Only a POST is answered (the
+    LLM calls the original recorded): its keys hold no method, so another method's request could match."""
+    if call.method != "POST":  # the original's keys hold no method: a GET and a DELETE of one URL share one
+        return None
     for key in keys(call):
         entry = store.find(key)
         if entry is not None and agrees(call, entry):

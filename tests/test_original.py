@@ -233,7 +233,10 @@ _ORIGINAL_HEADERS = {
 }
 
 
-@pytest.mark.parametrize("formula", range(len(FORMULAS)), ids=[f.releases for f in FORMULAS])
+SERVING = [number for number, formula in enumerate(FORMULAS) if formula.serves]
+
+
+@pytest.mark.parametrize("formula", SERVING, ids=[FORMULAS[number].releases for number in SERVING])
 def test_replay_mode_serves_an_entry_of_every_release_and_writes_nothing(tmp_path, client, formula):
     request = chat_request(client)
     folder = fresh_cache(
@@ -314,12 +317,12 @@ def test_an_original_line_of_the_wrong_shape_is_no_entry_and_is_skipped_with_a_w
 
 
 def test_a_file_of_both_formats_with_a_foreign_line_serves_both(tmp_path, client):
-    """The oldest releases wrote only key and response: served as status 200 without headers."""
+    """The early releases wrote only key and response: served as status 200 without headers."""
     enable_cachy(tmp_path / "c")
     upstream = Upstream(lambda request, n: (200, JSON, b'{"answer": "cachy"}'))
     upstream.client().post(CHAT, json={"q": 1})
     disable_cachy()
-    old = original_line(key_of(chat_request(client), formula=7), '{"answer": "original"}')
+    old = original_line(key_of(chat_request(client), formula=6), '{"answer": "original"}')
     with (tmp_path / "c" / "cachy.jsonl").open("a") as file:
         file.write('{"not": "an entry"}\n' + old + "\n")
     as_a_new_process()
@@ -386,3 +389,44 @@ def test_a_replay_miss_says_the_originals_entries_keep_no_request_to_compare_wit
         with pytest.raises(CachyMiss, match="entries of the original cachy's, which keep no request"):
             upstream.client().post(CHAT, json={"model": "m", "messages": [{"role": "user", "content": "never sent"}]})
     assert upstream.calls == 0
+
+
+def test_only_a_post_is_answered_from_the_originals_entries(tmp_path, client):
+    """Observed (review of the original's files): the original's keys hold no method, so `DELETE /v1/files/f`
+    was answered with the entry of `GET /v1/files/f`. Only a POST, the LLM call the original recorded, is now
+    answered from them; other methods go live as unrecorded calls do."""
+    url = "https://api.openai.com/v1/files/file-abc"
+    get = _build("GET", url, headers=_HEADERS)
+    folder = fresh_cache(tmp_path / "c", original_line(key_of(get), '{"id": "file-abc"}', JSON) + "\n")
+    live = Upstream(lambda request, n: (200, JSON, b'{"deleted": true}'))
+    with pytest.warns(CachyWarning, match="8-character keys"):
+        enable_cachy(folder)
+        assert live.client().send(_build("DELETE", url, headers=_HEADERS)).json() == {"deleted": True}
+    assert (cachy_stats().hits, live.calls) == (0, 1)
+
+
+def test_an_entry_of_a_status_cachy_never_records_is_not_served(tmp_path, client):
+    """Observed (review of the original's files): an original entry holding a 429 or a 500 was replayed, and in
+    record mode written down in cachy's format, a failure frozen. It is now no answer: the call goes live."""
+    folder = fresh_cache(
+        tmp_path / "c",
+        original_line(key_of(chat_request(client)), '{"error": "overloaded"}', JSON, status_code=529) + "\n",
+    )
+    live = Upstream(lambda request, n: (200, JSON, b'{"answer": "live"}'))
+    with pytest.warns(CachyWarning, match="8-character keys"):
+        enable_cachy(folder)
+        with live.client() as fresh:
+            assert fresh.send(chat_request(fresh)).json() == {"answer": "live"}
+    assert (cachy_stats().upgraded, live.calls) == (0, 1)
+
+
+def test_an_upgrade_keeps_no_recording_time_so_max_age_never_takes_it_for_fresh(tmp_path, client):
+    """Observed (review of the original's files): an upgrade stamped today's recording time on an answer of any
+    age, so `max_age` and `compact --older-than` took it for fresh, and it named today's SDK as its client. It
+    now has neither, as the original's entry said neither."""
+    folder = fresh_cache(tmp_path / "c", original_line(key_of(chat_request(client)), '{"answer": 1}', JSON) + "\n")
+    with pytest.warns(CachyWarning, match="8-character keys"):
+        enable_cachy(folder)
+        assert client.send(chat_request(client), stream=False).json() == {"answer": 1}
+    upgraded = entries(folder)[1]
+    assert upgraded["from"] and not {"recorded_at", "seconds", "client"} & set(upgraded)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import httpx2
 import pytest
-from helpers import as_a_new_process, entries
+from helpers import JSON, Upstream, as_a_new_process, entries
 
 from cachy import CachyWarning, Stats, cachy_stats, disable_cachy, enable_cachy, request_key
 from cachy.cli import main
@@ -35,6 +35,7 @@ NEVER_KEPT = {
 ORIGINALS_WARNING = "8-character keys"
 
 releases = pytest.mark.parametrize("release", RELEASES)
+serving = pytest.mark.parametrize("release", [release for release in RELEASES if FORMULA_OF[release].serves])
 modules = pytest.mark.parametrize("module", [httpx, httpx2], ids=["httpx", "httpx2"])
 
 
@@ -135,7 +136,7 @@ def test_the_files_keys_are_those_of_its_formula(release):
         assert r["key"] in formula_keys(FORMULA_OF[release], call), r["call"]
 
 
-@releases
+@serving
 @modules
 def test_replay_mode_serves_every_entry_as_the_original_stored_it(tmp_path, release, module):
     folder, requests = copied(release, tmp_path), sent(release)
@@ -156,7 +157,7 @@ def upgraded(tmp_path: Path, release: str, module) -> tuple[Path, Stats]:
     return folder, stats
 
 
-@releases
+@serving
 @modules
 def test_record_mode_upgrades_every_entry_with_no_upstream_call_and_keeps_no_stale_nor_secret_header(
     tmp_path, release, module
@@ -175,7 +176,7 @@ def test_record_mode_upgrades_every_entry_with_no_upstream_call_and_keeps_no_sta
         assert entry["response"].encode() == stored(release)[entry["from"]]
 
 
-@releases
+@serving
 @modules
 def test_after_compact_drop_stale_no_original_line_is_left_and_cachys_own_keys_serve_every_call(
     tmp_path, release, module
@@ -192,3 +193,20 @@ def test_after_compact_drop_stale_no_original_line_is_left_and_cachys_own_keys_s
     enable_cachy(folder, mode="replay")
     own = {request_key(rebuilt(httpx, r), stream=r["stream"] is True) for r in requests}
     assert own == {entry["key"] for entry in left}, "each call hit the line that cachy keyed for it"
+
+
+@modules
+def test_a_file_keyed_by_the_host_alone_is_never_served(tmp_path, module):
+    """Observed (review of the original's files): the keys of 0.0.2 to 0.0.4 hold only the host, so one entry
+    answered every request to it, a DELETE or another endpoint's call included, and record mode wrote each wrong
+    answer down as an upgrade. Such keys tell no two requests apart: they now serve nothing, and each call goes
+    live in record mode, as an unrecorded call does."""
+    folder, requests = copied("0.0.4", tmp_path), sent("0.0.4")
+    live = Upstream(lambda request, n: (200, JSON, b'{"live": true}'))
+    with pytest.warns(CachyWarning, match="8-character keys"):
+        enable_cachy(folder)
+        for r in requests[:3]:
+            with live.client(module) as client:
+                assert client.send(rebuilt(module, r)).json() == {"live": True}
+    assert (cachy_stats().hits, cachy_stats().upgraded, live.calls) == (0, 0, 3)
+    disable_cachy()
