@@ -187,7 +187,7 @@ def entry_of(data: Any) -> Entry | None:
             kept[name] = value
     try:
         body = base64.b64decode(response, validate=True) if data.get("binary") else response.encode()
-    except binascii.Error:
+    except (binascii.Error, UnicodeEncodeError):  # bad base64; a lone surrogate escaped by a hand edit
         return None
     seconds, usage = data.get("seconds", 0.0), data.get("usage")
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 
 from .lines import parse_json
 
-_PRODUCT = re.compile(r"([A-Za-z][\w.-]{0,39})/((?:Python |JS )?\d[\w.+-]{0,23})")  # `OpenAI/Python 3.57.0`
+# A product token, `OpenAI/Python 3.57.0`: at the start or after a space, a name of words of at most 12 letters
+# joined by hyphens or dots (a digit at its end: `httpx2`), then a version of numbers with a short suffix, ending
+# the token. A secret, a session id or an email in a User-Agent (`session_id/4b5e…`, `sk-proj-AbCd…/1.0`) is no
+# such thing, and is left out.
+_PRODUCT = re.compile(
+    r"(?:^|(?<=\s))([A-Za-z]{1,12}(?:[-.][A-Za-z]{1,12}){0,3}\d?)"
+    r"/((?:Python |JS )?\d{1,4}(?:\.\d{1,6}){0,3}(?:[-+.]?[A-Za-z]{1,8}\d{0,4})?)(?=\s|;|\)|$)"
+)
 _MOST_PRODUCTS, _LONGEST = 3, 100
 _MODEL_FIELDS = ("model", "modelVersion")  # openai and anthropic; gemini
 

@@ -448,3 +448,17 @@ def test_a_file_saved_as_utf16_is_read_as_json_loads_reads_it(tmp_path):
         answer = down.client().post(CHAT, json=question)
     assert answer.json() == {"answer": 1}
     assert down.calls == 0
+
+
+def test_a_response_with_an_escaped_lone_surrogate_is_a_damaged_entry_not_a_failure(tmp_path):
+    """Observed (review of the line reader): a line whose `response` held a JSON-escaped lone surrogate (a hand
+    edit, another program) raised UnicodeEncodeError inside `send`, which SDKs retry as a connection error. It is
+    now a damaged entry: skipped with a warning, and the call goes live."""
+    question, entry = recorded(tmp_path)
+    line = json.dumps({**entry, "response": "\udce9"}) + "\n"  # json.dumps escapes it: \\udce9
+    (tmp_path / "cachy.jsonl").write_text(line)
+    live = Upstream(lambda request, n: (200, JSON, b'{"live": true}'))
+    enable_cachy(tmp_path)
+    with pytest.warns(CachyWarning, match="damaged"):
+        assert live.client().post(CHAT, json=question).json() == {"live": True}
+    assert live.calls == 1

@@ -80,3 +80,30 @@ def test_stats_breaks_the_file_down_by_client_and_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "entries  client\n       2  OpenAI/Python 3.57.0\n       1  (not recorded)" in out
     assert "entries  model\n       2  (not recorded)\n       1  gpt-5" in out
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        "token/9f8e7d6c5b4a3928171615aa",
+        "huggingface_hub/0.24; session_id/4b5e6f7a8b9c",
+        "sk-proj-AbCdEfGhIjKlMnOp/1.0",
+        "MyApp deploy-sk-proj-AbCdEf/9Xy8Zw7Vu6",
+        "user@example.com/2",
+    ],
+)
+def test_no_part_of_a_secret_in_a_user_agent_reaches_the_file(user_agent):
+    """Observed (review of provenance): the product pattern was not anchored to a token's start and took any run
+    of word characters for a version, so `token/9f8e…` and parts of `sk-proj-…` keys and session ids were stored.
+    A product is now a name of short words, at a token's start, and a version of numbers."""
+    assert client({"user-agent": user_agent}) is None
+
+
+def test_the_sdks_user_agents_are_kept():
+    agents = {
+        "OpenAI/Python 3.57.0": "OpenAI/Python 3.57.0",
+        "google-genai-sdk/1.2.0 gl-python/3.11.7": "google-genai-sdk/1.2.0 gl-python/3.11.7",
+        "python-httpx2/2.16.2": "python-httpx2/2.16.2",
+        "langchain-openai/0.3.1 (linux)": "langchain-openai/0.3.1",
+    }
+    assert {agent: client({"user-agent": agent}) for agent in agents} == agents
