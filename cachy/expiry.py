@@ -22,7 +22,7 @@ from .errors import warn
 
 FORMS = 'seconds as a number (3600), a datetime.timedelta, or a string such as "45s", "90m", "12h" or "30d"'
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SPELLED = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", re.IGNORECASE)
+_SPELLED = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhd]?)\s*", re.IGNORECASE)  # ASCII digits only
 BUCKETS = ((86400, "under a day"), (7 * 86400, "under a week"), (30 * 86400, "under 30 days"))
 
 
@@ -33,7 +33,7 @@ def seconds_of(value: object, source: str = "max_age") -> float:
     if isinstance(value, datetime.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = float(value) if abs(value) < 1e300 else math.inf  # 10**400 is no age, not an OverflowError
     elif isinstance(value, str) and (match := _SPELLED.fullmatch(value)):
         seconds = float(match.group(1)) * _UNITS[match.group(2).lower() or "s"]
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
@@ -59,7 +59,7 @@ def spelled(seconds: float) -> str:
     for unit, name in ((86400, "day"), (3600, "hour"), (60, "minute")):
         if seconds >= 2 * unit:
             return f"{seconds / unit:.0f} {name}s"
-    return f"{seconds:.0f} seconds"
+    return "1 second" if round(seconds) == 1 else f"{seconds:.0f} seconds"
 
 
 def bucket(age: float | None) -> str:

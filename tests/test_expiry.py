@@ -166,3 +166,17 @@ def test_stats_shows_ages_and_compact_drops_old_entries(tmp_path, capsys):
     assert main(["compact", str(path), "--older-than", "soon"]) == 1
     assert "older_than 'soon' is not an age" in capsys.readouterr().err
     disable_cachy()
+
+
+@pytest.mark.parametrize(
+    "value", ["\uff13\uff10d", "\u0663\u0660d", 10**400], ids=["fullwidth", "arabic-indic", "10**400"]
+)
+def test_an_age_in_other_digits_or_too_large_is_a_value_error(value):
+    """Observed (review of expiry): Unicode digits were read as an age (thirty days in full-width digits), and
+    10**400 raised OverflowError, not the ValueError that lists the forms."""
+    with pytest.raises(ValueError, match="is not an age"):
+        seconds_of(value)
+
+
+def test_half_an_hour_may_be_spelled_without_its_zero():
+    assert seconds_of(".5h") == 1800
