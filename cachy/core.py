@@ -525,7 +525,7 @@ class Engine:
         """The recorded response to `call` when there is one, else the Miss to record the live one with; in
         replay mode a miss raises CachyMiss. Refresh mode never looks, and records over what was there."""
         url = uploads.session_free(public_url(call.url))
-        head = _head(call, url)
+        head = _head(call, url) + uploads.chunk_head(call.url, call.headers, call.body)  # "" but for uploads
         raw = _raw_digest(head, call)
         looks = self.mode != "refresh"
         if looks:

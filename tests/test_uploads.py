@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from google import genai
-from google.genai import types
+from google.genai import _api_client, types
 from helpers import JSON, Upstream, entries, http_module
 
 from cachy import CachyMiss, cachy_stats, disable_cachy, enable_cachy
@@ -19,29 +19,41 @@ HOST = "https://generativelanguage.googleapis.com"
 
 
 class UploadServer:
-    """Google's upload endpoint as it behaves: each start opens a session of its own, an upload must go to
-    an open session with the size that was announced, and a session takes one upload only."""
+    """Google's upload endpoint as it behaves: each start opens a session of its own, and the file's bytes
+    come in chunks at the offsets already received (`upload`, then `upload, finalize`); the finalized bytes
+    must be the size that was announced, and a finalized session takes no more chunks."""
 
     def __init__(self):
-        self.sessions: dict[str, int] = {}  # open sessions and their announced sizes
+        self.sessions: dict[str, tuple[int, bytes]] = {}  # open sessions: announced size, bytes so far
         self.upstream = Upstream(self.reply)
 
     def reply(self, request, n):
         command = request.headers.get("x-goog-upload-command", "")
         if command == "start":
             session = f"s{n}"
-            self.sessions[session] = int(request.headers["x-goog-upload-header-content-length"])
+            self.sessions[session] = (int(request.headers["x-goog-upload-header-content-length"]), b"")
             url = f"{HOST}/upload/v1beta/files?upload_id={session}&upload_protocol=resumable&key=AIza-secret"
             return 200, {"x-goog-upload-url": url, "x-goog-upload-status": "active"}, b""
         session = parse_qs(urlsplit(str(request.url)).query)["upload_id"][0]
-        assert self.sessions.pop(session) == len(request.content), "an upload to a spent or unknown session"
-        digest = hashlib.sha256(request.content).hexdigest()[:8]
-        file = {"name": f"files/{digest}", "mimeType": "text/plain", "sizeBytes": str(len(request.content))}
+        assert session in self.sessions, "an upload to a spent or unknown session"
+        size, sent = self.sessions[session]
+        assert int(request.headers["x-goog-upload-offset"]) == len(sent), "a chunk at the wrong offset"
+        sent += request.content
+        if "finalize" not in command:
+            self.sessions[session] = (size, sent)
+            return 200, {"x-goog-upload-status": "active"}, b""
+        del self.sessions[session]
+        assert len(sent) == size, "a file of another size than announced"
+        file = {"name": name_of(sent), "mimeType": "text/plain", "sizeBytes": str(len(sent))}
         return 200, {**JSON, "x-goog-upload-status": "final"}, json.dumps({"file": file}).encode()
 
     def client(self) -> genai.Client:
         options = types.HttpOptions(httpx_client=self.upstream.client(GENAI_HTTPX))
         return genai.Client(api_key="AIza-test", http_options=options)
+
+
+def name_of(content: bytes) -> str:
+    return f"files/{hashlib.sha256(content).hexdigest()[:8]}"
 
 
 def names_of_uploads(client: genai.Client, folder, contents: list[bytes]) -> list[str]:
@@ -54,7 +66,7 @@ def names_of_uploads(client: genai.Client, folder, contents: list[bytes]) -> lis
 
 
 SAME_SIZE = [b"first file!!", b"second file!"]
-EXPECTED = [f"files/{hashlib.sha256(content).hexdigest()[:8]}" for content in SAME_SIZE]
+EXPECTED = [name_of(content) for content in SAME_SIZE]
 
 
 def test_two_files_of_the_same_size_upload_and_replay_each_their_own(tmp_path):
@@ -110,3 +122,62 @@ def test_other_hosts_keep_only_what_hdrs_names(tmp_path):
     (entry,) = entries(tmp_path)
     assert entry["headers"] == {"content-type": "application/json"}
     assert entry["url"] == "https://example.com/upload/v1beta/files?upload_id=1"
+
+
+# ------------------------------------------------------------------ files of several chunks
+CHUNK = 4  # stands for google-genai's 8 MiB
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(_api_client, "CHUNK_SIZE", CHUNK)
+
+
+def record_then_replay(tmp_path, contents: list[bytes]) -> tuple[list[str], list[str]]:
+    """The names the files get recorded, then replayed with the upstream down."""
+    enable_cachy(tmp_path)
+    recorded = names_of_uploads(UploadServer().client(), tmp_path, contents)
+    disable_cachy()
+    down = UploadServer()
+    down.upstream.reply = lambda request, n: pytest.fail(f"the upstream is down, yet {request.url} was sent")
+    enable_cachy(tmp_path, mode="replay")
+    return recorded, names_of_uploads(down.client(), tmp_path, contents)
+
+
+def test_a_file_of_two_equal_chunks_records_and_replays_final(tmp_path, small_chunks):
+    """Observed (review of the uploads): the final chunk of a file of two equal chunks was answered from
+    the first chunk's entry, `x-goog-upload-status: active`, and the SDK raised "All content has been
+    uploaded, but the upload status is not finalized". Now each chunk is keyed by its command and offset
+    too: the file records, its final chunk answered `final`, and replays offline."""
+    content = b"\0" * (2 * CHUNK)
+    server = UploadServer()
+    enable_cachy(tmp_path)
+    assert names_of_uploads(server.client(), tmp_path, [content]) == [name_of(content)]
+    assert server.upstream.calls == 3  # the start and two chunks, each live
+    assert [entry["headers"]["x-goog-upload-status"] for entry in entries(tmp_path)] == ["active", "active", "final"]
+    assert record_then_replay(tmp_path, [content]) == ([name_of(content)], [name_of(content)])
+
+
+def test_a_file_equal_to_another_files_last_chunk_replays_its_own_name(tmp_path, small_chunks):
+    """Observed (review of the uploads): file B, whose bytes equal file A's last chunk, was answered from
+    A's final chunk with A's name, silently (one upstream call fewer). Now a chunk is keyed by its offset
+    and by what its session sent before it: B uploads live and each file replays its own name."""
+    a, b = b"HEADtail", b"tail"
+    server = UploadServer()
+    enable_cachy(tmp_path)
+    assert names_of_uploads(server.client(), tmp_path, [a, b]) == [name_of(a), name_of(b)]
+    assert server.upstream.calls == 5  # A: a start and two chunks; B: a start and one chunk
+    disable_cachy()
+    assert record_then_replay(tmp_path, [a, b]) == ([name_of(a), name_of(b)],) * 2
+
+
+def test_same_size_files_that_share_their_last_chunk_replay_each_their_own(tmp_path, small_chunks):
+    """Observed (review of the uploads): keyed by its bytes only, the last chunk of a file was answered from
+    the entry of another file's equal last chunk, so two same-size files that differ only in earlier chunks
+    got one name. Now the last chunk is keyed by a digest of the bytes its session sent before it: each file
+    records and replays its own name, also when the replay answers both starts with one recorded session."""
+    contents = [b"AAAAmid!tail", b"BBBBmid!tail"]
+    expected = [name_of(content) for content in contents]
+    recorded, replayed = record_then_replay(tmp_path, contents)
+    assert recorded == replayed == expected
+    assert cachy_stats().hits == 8  # the start twice from one entry, and each file's three chunks
