@@ -718,7 +718,9 @@ class Engine:
 
     def _line(self, miss: Miss, status: int, headers: dict[str, str], body: bytes) -> bytes:
         """The entry's line: the request, the response, what the call cost, and the fingerprint of its fields."""
-        stored, references = echo.referenced(body, miss.call.body, miss.document) if self.echo else (body, None)
+        stored, references = (
+            echo.referenced(body, miss.call.body, miss.document, self.rules) if self.echo else (body, None)
+        )
         try:
             text, binary = stored.decode(), False
         except UnicodeDecodeError:  # audio, images, other encodings: stored losslessly
