@@ -92,6 +92,7 @@ _SECRET_PARAMS = frozenset(
         "x_api_key",
         "x_goog_api_key",
         "access_token",
+        "oauth_token",
         "accesstoken",
         "id_token",
         "refresh_token",
@@ -655,7 +656,7 @@ class Engine:
         """The response headers an entry keeps: content-type, `hdrs`, and what Google's uploads need (see
         `uploads`); never a secret, nor one that would be stale."""
         kept = {name: headers[name] for name in self.kept_headers if name in headers}
-        return kept | uploads.upload_headers(url, headers, public_url)
+        return uploads.upload_headers(url, headers, kept, public_url)
 
     def record(self, miss: Miss, status: int, headers: Mapping[str, str], body: bytes) -> Entry | None:
         """Store a complete live response. Returns what a later hit will replay, for the adapter to answer with;

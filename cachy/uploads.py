@@ -3,7 +3,7 @@
 An upload is two requests: a start (`x-goog-upload-command: start`) to `/upload/...` that carries only the
 file's size and type and is answered with a session URL in `x-goog-upload-url`, then the file's bytes posted
 to that URL, answered with `x-goog-upload-status: final`. The SDK reads both headers, so they are kept for
-these endpoints whatever `hdrs` says; they hold no secret, and any credential parameter is taken out of the
+these endpoints whatever `hdrs` says; any credential parameter is taken out of the
 stored URL as it is out of request URLs.
 
 Two files of the same size and type send the same start. Answered from the cache, the second would get the
@@ -59,13 +59,16 @@ def starts_upload(url: str, headers: Mapping[str, str]) -> bool:
     return is_upload(url) and headers.get("x-goog-upload-command", "").strip().lower() == "start"  # URL first: cheap
 
 
-def upload_headers(url: str, headers: Mapping[str, str], public_url: Callable[[str], str]) -> dict[str, str]:
-    """The upload headers an upload endpoint's response carries, the session URL made `public_url`."""
-    if not is_upload(url):
-        return {}
-    kept = {name: headers[name] for name in UPLOAD_HEADERS if name in headers}
+def upload_headers(
+    url: str, headers: Mapping[str, str], kept: dict[str, str], public_url: Callable[[str], str]
+) -> dict[str, str]:
+    """The headers kept of a response (`kept`: those cachy keeps of every response), with the upload headers an
+    upload endpoint's response carries; the session URL made `public_url` wherever it is kept, as `hdrs` may
+    name it for any endpoint (a proxy's, another path)."""
+    if is_upload(url):
+        kept = kept | {name: headers[name] for name in UPLOAD_HEADERS if name in headers}
     if "x-goog-upload-url" in kept:
-        kept["x-goog-upload-url"] = public_url(kept["x-goog-upload-url"])
+        kept = kept | {"x-goog-upload-url": public_url(kept["x-goog-upload-url"])}
     return kept
 
 

@@ -85,6 +85,7 @@ SECRET_PARAMS = [
     "secret",
     "password",
     "auth",
+    "oauth_token",  # Google's other name for access_token: observed kept by the review of the uploads
 ]
 GEMINI = "https://generativelanguage.googleapis.com/v1beta/models/g:streamGenerateContent"
 
@@ -112,3 +113,15 @@ def test_a_query_parameter_that_is_no_credential_stays_and_changes_the_key(tmp_p
     enable_cachy(tmp_path)
     assert [ask(upstream, 1, url=first), ask(upstream, 1, url=second)] == [1, 2]
     assert [entry["url"] for entry in entries(tmp_path)] == [first, second]
+
+
+def test_a_session_url_kept_by_hdrs_for_any_endpoint_is_stored_without_credentials(tmp_path):
+    """Observed (review of the uploads): `x-goog-upload-url` was cleaned only on Google's `/upload/` endpoints;
+    named in `hdrs`, a proxy's or another path's answer stored its `key=` as it came. It is cleaned wherever kept."""
+    session = "https://proxy.example/upload/session?upload_id=s1&key=AIzaSECRET&oauth_token=ya29SECRET"
+    upstream = Upstream(lambda request, n: (200, {"x-goog-upload-url": session}, b"{}"))
+    enable_cachy(tmp_path, hdrs=("x-goog-upload-url",))
+    upstream.client().post("https://api.openai.com/v1/files", json={"q": 1})
+    stored = entries(tmp_path)[0]["headers"]["x-goog-upload-url"]
+    assert "SECRET" not in (tmp_path / "cachy.jsonl").read_text()
+    assert stored == "https://proxy.example/upload/session?upload_id=s1"
