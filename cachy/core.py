@@ -463,7 +463,7 @@ class Miss:
     n: int
     document: Any  # the body's JSON, normalised: its fingerprint is stored to explain later misses
     why: str = ""  # with debug: why it missed, printed with the recorded line
-    recorded: bool = False  # an upload's start, sent live in record mode though recorded (see `uploads`)
+    live_start: bool = False  # an upload's start, sent live in record mode though recorded (see `uploads`)
     expired: bool = False  # its entry is older than max_age: recorded again
     started: float = field(default_factory=time.perf_counter)
     flight: inflight.Flight | None = None  # identical requests sent meanwhile wait for its entry
@@ -544,7 +544,7 @@ class Engine:
             return entry
         if document is None and call.body:  # a hit by these exact bytes whose entry turned out damaged
             document = _normalised(call, self.rules)[1]
-        miss = Miss(call, url, key, raw, n, document, recorded=live_start, expired=expired)
+        miss = Miss(call, url, key, raw, n, document, live_start=live_start, expired=expired)
         if looks and n == 1 and self.store.holds_originals and not live_start and not expired:
             entry = self._from_original(miss)
             if entry is not None:
@@ -697,7 +697,7 @@ class Engine:
     def _save(self, miss: Miss, entry: Entry, flight: inflight.Flight | None) -> None:
         """Append the entry, then land `flight` with it. A file that cannot be written loses the entry, never
         the caller's answer; the flight then lands empty, and its waiters go on by themselves."""
-        if miss.recorded:  # an upload's start: its entry is written once, and replays every start
+        if miss.live_start:  # an upload's start: its entry is written once, and replays every start
             self.count(Outcome.PASSED, miss.call.method, miss.url, miss.slot, " (an upload's start, recorded before)")
             inflight.land(flight, None)
             return
